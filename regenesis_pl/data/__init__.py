@@ -1,0 +1,1 @@
+"""Synthesis store, SFT tokenization, the LightningDataModule."""

@@ -1,0 +1,1 @@
+"""Model building (full / LoRA / QLoRA), the embedded default model, the LightningModule."""
