@@ -1,0 +1,97 @@
+"""What both backends do the same way before and after generating: tokenizer loading, prompt token ids,
+one seeded job per completion, stop-string truncation.
+
+Keeping this in one place is what makes the two engines see identical prompt tokens and identical seeds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from regenesis_pl.chat import render_prompt
+from regenesis_pl.engines.base import Conversation, SamplingConfig
+
+
+@dataclass(frozen=True)
+class Job:
+    """One completion to generate: completion ``sample`` of request ``request``."""
+
+    request: int
+    sample: int
+    prompt_ids: tuple[int, ...]
+    seed: int
+
+
+def load_chat_tokenizer(model: str, trust_remote_code: bool = False):
+    """Load a model's tokenizer and insist on a chat template (one-line errors for a missing one / no hub)."""
+    from transformers import AutoTokenizer
+
+    from regenesis_pl.model.embedded import hub_load_error
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
+    except OSError as err:
+        if Path(model).is_dir():
+            raise
+        raise hub_load_error(model, err) from err
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"model {model!r} has no chat template (no chat_template in tokenizer_config.json or "
+                         "chat_template.jinja); use an instruct/chat model or add a chat template")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def encode_conversations(tokenizer, conversations: Sequence[Conversation], max_model_len: int) -> list[list[int]]:
+    """Prompt token ids of each conversation: ``render_prompt`` text, tokenized without extra special tokens
+    (the chat template already writes them)."""
+    out = []
+    for i, conversation in enumerate(conversations):
+        ids = tokenizer(render_prompt(tokenizer, conversation), add_special_tokens=False)["input_ids"]
+        if len(ids) >= max_model_len:
+            raise ValueError(f"request {i}: prompt has {len(ids)} tokens, which leaves no room to generate within "
+                             f"max_model_len={max_model_len}; shorten the prompt or raise max_model_len")
+        out.append(list(ids))
+    return out
+
+
+def completion_seed(request_seed: int, sample: int) -> int:
+    """Seed of completion ``sample`` of a request: the request seed itself for the first, derived for others
+    (derived rather than ``seed + sample`` so neighbouring requests never share a sample stream)."""
+    if sample == 0:
+        return int(request_seed)
+    digest = hashlib.sha256(f"completion\x1f{int(request_seed)}\x1f{sample}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def make_jobs(prompt_ids: Sequence[Sequence[int]], sampling: SamplingConfig,
+              request_seeds: Sequence[int] | None) -> list[Job]:
+    """One job per completion, request-major; request seed = ``request_seeds[i]`` or ``sampling.seed + i``."""
+    if request_seeds is not None and len(request_seeds) != len(prompt_ids):
+        raise ValueError(f"request_seeds has {len(request_seeds)} entries for {len(prompt_ids)} conversations; "
+                         "pass one seed per conversation or None")
+    jobs = []
+    for i, ids in enumerate(prompt_ids):
+        base = int(request_seeds[i]) if request_seeds is not None else sampling.seed + i
+        for j in range(sampling.n):
+            jobs.append(Job(request=i, sample=j, prompt_ids=tuple(ids), seed=completion_seed(base, j)))
+    return jobs
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """Text up to the earliest stop string (excluded) and whether one was found."""
+    cut = min((pos for pos in (text.find(s) for s in stop if s) if pos >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def resolve_dtype(dtype: str, cuda: bool) -> str:
+    """"auto" -> float32 on CPU (no fast bf16 there), bfloat16 on CUDA; explicit names are checked."""
+    name = dtype.strip().lower()
+    if name == "auto":
+        return "bfloat16" if cuda else "float32"
+    if name not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"dtype={dtype!r} is not supported; use 'auto', 'float32', 'bfloat16' or 'float16'")
+    return name

