@@ -20,6 +20,7 @@ class Verdict(str, Enum):
     TOO_LONG = "too_long"          # path longer than the token cap
     DUPLICATE = "duplicate"        # near-identical to a path already kept
     OVER_LIMIT = "over_limit"      # correct, but the question already has k kept paths
+    HINT_LEAK = "hint_leak"        # hint-pass path that mentions having been given the answer
 
 
 @dataclass

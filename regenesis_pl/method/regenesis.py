@@ -1,0 +1,242 @@
+"""The three ReGenesis stages (adapt -> structure -> path), batched stage-major over many questions.
+
+A ``Draft`` is a candidate in the making: its question, the seed guideline(s) it starts from, and the
+``Candidate`` record that accumulates the lineage. Each stage function sends ONE engine call for all drafts
+it is given (all adaptations of a chunk of questions, then all structures, then all paths), with a
+per-request seed derived from the draft's identity (round, stage, question id, guideline id, hint pass),
+never from its position in the batch, so a resumed run rebuilds identical requests.
+
+Candidate sets:
+- "paper": one draft per seed guideline (``paper_drafts``), optionally a seeded subset per question.
+- "released": the model first picks two or three guidelines from the numbered list, ``num_selections``
+  times per question (``select_guidelines``); those selections are drafts beside the seed ones.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from regenesis_pl.engines.base import Engine, SamplingConfig
+from regenesis_pl.method.guidelines import Guideline
+from regenesis_pl.method.prompts import (
+    adapt_prompt,
+    parse_selection,
+    path_prompt,
+    selection_prompt,
+    structure_prompt,
+)
+from regenesis_pl.method.records import Candidate
+from regenesis_pl.method.seeding import stable_rng, stable_seed
+from regenesis_pl.method.usage import TokenLedger, run_stage
+from regenesis_pl.tasks.types import Question
+
+STAGES = ("adapt", "structure", "path")
+
+
+@dataclass
+class Draft:
+    """A candidate before its path exists.
+
+    Attributes:
+        question: The question being solved.
+        guidelines: The seed guideline (paper) or the model's selection (released scripts).
+        record: The lineage so far (guideline id, hint flag, adapted text, structure, tokens).
+    """
+
+    question: Question
+    guidelines: tuple[Guideline, ...]
+    record: Candidate
+
+
+def _new_record(question: Question, guideline_id: str, guidelines: Sequence[Guideline], round: int,
+                hint: bool) -> Candidate:
+    return Candidate(question_id=question.id, task=question.task, method="regenesis", round=round,
+                     guideline_id=guideline_id, hint=hint,
+                     meta={"guideline_ids": [g.id for g in guidelines], "finish": {}, "hint_stages": []})
+
+
+def paper_drafts(questions: Sequence[Question], guidelines: Sequence[Guideline], per_question: int | None = None,
+                 round: int = 0, seed: int = 0) -> list[Draft]:
+    """One draft per (question, seed guideline): the paper's candidate set.
+
+    Args:
+        questions: Questions to solve.
+        guidelines: The seed guidelines.
+        per_question: How many guidelines each question gets; None or ``len(guidelines)`` for all. A smaller
+            number draws a seeded subset per question (kept in the list's order).
+        round: Self-improvement round (part of the seeds).
+        seed: Base seed.
+    """
+    total = len(guidelines)
+    k = total if per_question is None else per_question
+    if not 1 <= k <= total:
+        raise ValueError(f"guidelines_per_question={per_question}: must be between 1 and {total} "
+                         "(the number of seed guidelines)")
+    drafts = []
+    for q in questions:
+        chosen = range(total) if k == total else sorted(stable_rng(seed, round, "guidelines", q.id)
+                                                        .sample(range(total), k))
+        drafts.extend(Draft(q, (guidelines[i],), _new_record(q, guidelines[i].id, (guidelines[i],), round, False))
+                      for i in chosen)
+    return drafts
+
+
+def select_guidelines(engine: Engine, questions: Sequence[Question], guidelines: Sequence[Guideline],
+                      num_selections: int, sampling: SamplingConfig, round: int = 0, seed: int = 0,
+                      ledger: TokenLedger | None = None) -> tuple[list[Draft], int]:
+    """Released-scripts variant: sample ``num_selections`` picks of 2-3 guidelines per question (one call).
+
+    Returns:
+        The selection drafts (guideline id ``"sel-<j>"``) and the number of replies that named no valid
+        guideline number (those are skipped and counted, never guessed).
+    """
+    if num_selections < 1:
+        return [], 0
+    requests = [(q, j) for q in questions for j in range(num_selections)]
+    single = replace(sampling, n=1)
+    outputs = run_stage(engine, "select", [selection_prompt(q, guidelines) for q, _ in requests], single,
+                        [stable_seed(seed, round, "select", q.id, j) for q, j in requests], ledger)
+    drafts, unparsed = [], 0
+    for (q, j), out in zip(requests, outputs):
+        completion = out.completions[0]
+        picked = parse_selection(completion.text, len(guidelines))
+        if not picked:
+            unparsed += 1
+            continue
+        chosen = tuple(guidelines[i] for i in picked)
+        record = _new_record(q, f"sel-{j}", chosen, round, False)
+        record.tokens = completion.num_tokens
+        record.meta["selection_reply"] = completion.text
+        drafts.append(Draft(q, chosen, record))
+    return drafts, unparsed
+
+
+def hint_drafts(drafts: Sequence[Draft]) -> list[Draft]:
+    """Fresh drafts for the hint pass: same questions and guidelines, empty lineage, ``hint=True``."""
+    out = []
+    for d in drafts:
+        record = _new_record(d.question, d.record.guideline_id, d.guidelines, d.record.round, True)
+        record.method = d.record.method
+        out.append(Draft(d.question, d.guidelines, record))
+    return out
+
+
+def _note(record: Candidate, stage: str, finish: str, tokens: int, show_hint: bool) -> None:
+    record.meta["finish"][stage] = finish
+    record.tokens += tokens
+    if show_hint:
+        record.meta["hint_stages"].append(stage)
+
+
+def _seed(seed: int, stage: str, record: Candidate) -> int:
+    return stable_seed(seed, record.round, stage, record.question_id, record.guideline_id, int(record.hint))
+
+
+def adapt_guidelines(engine: Engine, drafts: Sequence[Draft], sampling: SamplingConfig, show_hint: bool = False,
+                     seed: int = 0, ledger: TokenLedger | None = None) -> list[Draft]:
+    """Stage 1, one engine call: each draft's guideline(s) rewritten for its question (fills ``adapted``).
+
+    Args:
+        engine: Generation engine.
+        drafts: Drafts to adapt (any number of questions).
+        sampling: Sampling settings (``n`` is forced to 1: one adaptation per draft).
+        show_hint: Put the gold answer in the prompt (hint pass with "adapt" in its hint stages).
+        seed: Base seed of the round.
+        ledger: Token accounting, or None.
+    """
+    single = replace(sampling, n=1)
+    outputs = run_stage(engine, "adapt", [adapt_prompt(d.question, d.guidelines, show_hint) for d in drafts],
+                        single, [_seed(seed, "adapt", d.record) for d in drafts], ledger)
+    for d, out in zip(drafts, outputs):
+        c = out.completions[0]
+        d.record.adapted = c.text.strip()
+        _note(d.record, "adapt", c.finish_reason, c.num_tokens, show_hint)
+    return list(drafts)
+
+
+def build_structures(engine: Engine, drafts: Sequence[Draft], sampling: SamplingConfig, show_hint: bool = False,
+                     seed: int = 0, ledger: TokenLedger | None = None) -> list[Draft]:
+    """Stage 2, one engine call: a step-by-step reasoning structure per adapted draft (fills ``structure``).
+
+    Args:
+        engine: Generation engine.
+        drafts: Drafts whose ``record.adapted`` is filled.
+        sampling: Sampling settings (``n`` is forced to 1).
+        show_hint: Put the gold answer in the prompt.
+        seed: Base seed of the round.
+        ledger: Token accounting, or None.
+    """
+    missing = [d.record.question_id for d in drafts if not d.record.adapted]
+    if missing:
+        raise ValueError(f"build_structures: {len(missing)} drafts (e.g. question {missing[0]}) have no adapted "
+                         "guideline; run adapt_guidelines first")
+    single = replace(sampling, n=1)
+    outputs = run_stage(engine, "structure",
+                        [structure_prompt(d.question, d.record.adapted, show_hint) for d in drafts],
+                        single, [_seed(seed, "structure", d.record) for d in drafts], ledger)
+    for d, out in zip(drafts, outputs):
+        c = out.completions[0]
+        d.record.structure = c.text.strip()
+        _note(d.record, "structure", c.finish_reason, c.num_tokens, show_hint)
+    return list(drafts)
+
+
+def write_paths(engine: Engine, drafts: Sequence[Draft], sampling: SamplingConfig, show_hint: bool = False,
+                seed: int = 0, ledger: TokenLedger | None = None) -> list[Candidate]:
+    """Stage 3, one engine call: ``sampling.n`` reasoning paths per structured draft.
+
+    Returns one ``Candidate`` per path (``sample_index`` = completion index); ``path`` is exactly the
+    generated text, so a hint shown in the prompt is never part of it.
+
+    Args:
+        engine: Generation engine.
+        drafts: Drafts whose ``record.structure`` is filled.
+        sampling: Sampling settings; ``n`` paths per draft.
+        show_hint: Put the gold answer in the prompt (the paper finds this can hurt; off by default).
+        seed: Base seed of the round.
+        ledger: Token accounting, or None.
+    """
+    missing = [d.record.question_id for d in drafts if not d.record.structure]
+    if missing:
+        raise ValueError(f"write_paths: {len(missing)} drafts (e.g. question {missing[0]}) have no reasoning "
+                         "structure; run build_structures first")
+    outputs = run_stage(engine, "path", [path_prompt(d.question, d.record.structure, show_hint) for d in drafts],
+                        sampling, [_seed(seed, "path", d.record) for d in drafts], ledger)
+    candidates = []
+    for d, out in zip(drafts, outputs):
+        for i, c in enumerate(out.completions):
+            record = copy.deepcopy(d.record)
+            record.sample_index = i
+            record.path = c.text.strip()
+            record.path_tokens = c.num_tokens
+            _note(record, "path", c.finish_reason, c.num_tokens, show_hint)
+            candidates.append(record)
+    return candidates
+
+
+def run_stages(engine: Engine, drafts: Sequence[Draft], plan_sampling: SamplingConfig,
+               path_sampling: SamplingConfig, hint_stages: frozenset[str] = frozenset(), seed: int = 0,
+               ledger: TokenLedger | None = None) -> list[Candidate]:
+    """Stages 1-3 over all drafts: exactly three engine calls (none when there are no drafts).
+
+    Args:
+        engine: Generation engine.
+        drafts: Drafts of any number of questions.
+        plan_sampling: Sampling for the adapt and structure stages.
+        path_sampling: Sampling for the path stage (``n`` paths per draft).
+        hint_stages: Stages whose prompt shows the gold answer (only meaningful for hint-pass drafts).
+        seed: Base seed of the round.
+        ledger: Token accounting, or None.
+    """
+    unknown = set(hint_stages) - set(STAGES)
+    if unknown:
+        raise ValueError(f"hint_stages: unknown stage(s) {sorted(unknown)}; choose from {list(STAGES)}")
+    if hint_stages and not all(d.record.hint for d in drafts):
+        raise ValueError("run_stages: hint_stages given for main-pass drafts; build hint drafts with hint_drafts()")
+    if not drafts:
+        return []
+    drafts = adapt_guidelines(engine, drafts, plan_sampling, "adapt" in hint_stages, seed, ledger)
+    drafts = build_structures(engine, drafts, plan_sampling, "structure" in hint_stages, seed, ledger)
+    return write_paths(engine, drafts, path_sampling, "path" in hint_stages, seed, ledger)

@@ -1,0 +1,236 @@
+"""One synthesis round, for ReGenesis or a baseline: questions in, filtered candidate paths and stats out.
+
+``synthesize_round`` works through the questions in chunks. For each chunk it runs the method's stages
+stage-major (one engine call per stage for the whole chunk), filters, then reruns the unsolved questions
+of the chunk with the gold answer as a hint (ReGenesis hint pass / STaR rationalization) and filters
+those. Zero kept paths is not an error here: the stats show it and the caller decides.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from regenesis_pl.engines.base import Engine, SamplingConfig
+from regenesis_pl.method.baselines import cot_samples, gt_candidates
+from regenesis_pl.method.filters import filter_candidates
+from regenesis_pl.method.guidelines import load_guidelines
+from regenesis_pl.method.records import Candidate
+from regenesis_pl.method.regenesis import STAGES, hint_drafts, paper_drafts, run_stages, select_guidelines
+from regenesis_pl.method.stats import round_stats
+from regenesis_pl.method.usage import TokenLedger
+from regenesis_pl.tasks.types import Question
+
+METHODS = ("regenesis", "star", "lmsi", "gt")
+CANDIDATE_SETS = ("paper", "released")
+
+
+@dataclass
+class SynthesisConfig:
+    """How one round of reasoning paths is synthesized and filtered.
+
+    Args:
+        method: "regenesis", or a baseline: "star" (few-shot CoT + gold filter + rationalization), "lmsi"
+            (few-shot CoT + majority vote, no gold) or "gt" (the dataset's own rationales, no engine).
+        candidate_set: ReGenesis only. "paper": one path per seed guideline; "released": also
+            ``num_selections`` model-picked selections of 2-3 guidelines per question (released scripts).
+        guidelines_per_question: Seed guidelines used per question (a seeded subset); None for all of them.
+        num_selections: Guideline selections sampled per question for candidate_set="released".
+        guideline_file: JSON/YAML file of seed guidelines; None for the packaged 25.
+        samples_per_prompt: Paths sampled per structure (ReGenesis) or per question (STaR/LMSI).
+        temperature: Sampling temperature of the main pass (released scripts: 1.2).
+        top_p: Nucleus sampling mass (released scripts: 0.9).
+        max_tokens: Generation limit of a reasoning path (and of a few-shot CoT answer).
+        plan_max_tokens: Generation limit of the adapt and structure stages.
+        selection_max_tokens: Generation limit of a guideline-selection reply.
+        hint_stages: ReGenesis stages whose prompt shows the gold answer in the hint pass, a subset of
+            ["adapt", "structure", "path"]; empty disables the hint pass. The default follows the paper's
+            finding that hinting the path stage can hurt (the released scripts hint all three).
+        hint_temperature: Sampling temperature of the hint pass and of STaR rationalization (0.85).
+        rationalize: STaR only: rerun failed questions with the gold answer as a hint.
+        use_gold: Filter against gold answers (True) or by self-consistency majority vote (False);
+            None picks the method's own choice (False for lmsi, True otherwise).
+        min_agreement: Majority vote: minimum share of a question's paths that must share the answer.
+        require_boxed: Accept only paths that state their answer in ``\\boxed{}`` (as every prompt asks);
+            False also accepts answers the grader finds by its fallbacks ("the answer is", last number).
+        judge: Also ask the model (greedy) whether each accepted path agrees with the gold answer.
+        max_path_tokens: Drop accepted paths longer than this many model tokens; None for no cap.
+        max_paths_per_question: Keep at most this many paths per question (seeded choice); None: no cap.
+        dedup_threshold: Word-trigram Jaccard similarity from which a path counts as a duplicate of a kept
+            one, in (0, 1]; None disables dedup.
+        chunk_size: Questions per stage-major batch (one engine call per stage per chunk).
+        seed: Base seed; every request's seed derives from it and the request's identity.
+    """
+
+    method: str = "regenesis"
+    candidate_set: str = "paper"
+    guidelines_per_question: int | None = None
+    num_selections: int = 20
+    guideline_file: str | None = None
+    samples_per_prompt: int = 1
+    temperature: float = 1.2
+    top_p: float = 0.9
+    max_tokens: int = 1024
+    plan_max_tokens: int = 512
+    selection_max_tokens: int = 64
+    hint_stages: list[str] = field(default_factory=lambda: ["adapt", "structure"])
+    hint_temperature: float = 0.85
+    rationalize: bool = True
+    use_gold: bool | None = None
+    min_agreement: float = 0.0
+    require_boxed: bool = True
+    judge: bool = False
+    max_path_tokens: int | None = 800
+    max_paths_per_question: int | None = 5
+    dedup_threshold: float | None = 0.9
+    chunk_size: int = 64
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.hint_stages = list(self.hint_stages)
+        if self.method not in METHODS:
+            raise ValueError(f"synthesis.method={self.method!r}: choose one of {list(METHODS)}")
+        if self.candidate_set not in CANDIDATE_SETS:
+            raise ValueError(f"synthesis.candidate_set={self.candidate_set!r}: choose one of {list(CANDIDATE_SETS)}")
+        unknown = sorted(set(self.hint_stages) - set(STAGES))
+        if unknown:
+            raise ValueError(f"synthesis.hint_stages: unknown stage(s) {unknown}; choose from {list(STAGES)}")
+        for name in ("samples_per_prompt", "chunk_size", "max_tokens", "plan_max_tokens", "selection_max_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"synthesis.{name}={getattr(self, name)}: must be >= 1")
+        if self.num_selections < 0:
+            raise ValueError(f"synthesis.num_selections={self.num_selections}: must be >= 0")
+        if self.gold_filter and self.method == "lmsi":
+            raise ValueError("synthesis: method='lmsi' filters by majority vote; leave use_gold unset or False")
+        if not self.gold_filter and self.method == "star":
+            raise ValueError("synthesis: method='star' needs gold answers; use method='lmsi' for majority vote")
+        if self.judge and not self.gold_filter:
+            raise ValueError("synthesis.judge=True compares paths with the gold answer; it needs use_gold=True")
+
+    @property
+    def gold_filter(self) -> bool:
+        """Whether paths are checked against gold answers (``use_gold`` resolved for the method)."""
+        return self.use_gold if self.use_gold is not None else self.method != "lmsi"
+
+
+@dataclass
+class RoundResult:
+    """What a round produced.
+
+    Attributes:
+        candidates: Every candidate (main and hint pass) with its verdict.
+        kept: The kept candidates (the SFT data of the round).
+        stats: JSON-serializable summary (see ``stats.round_stats``) plus method, round and config.
+    """
+
+    candidates: list[Candidate]
+    kept: list[Candidate]
+    stats: dict
+
+
+def _check_questions(questions: list[Question], config: SynthesisConfig) -> None:
+    if not questions:
+        raise ValueError("synthesize_round: no questions given; load a task with at least one question")
+    ids = [q.id for q in questions]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise ValueError(f"synthesize_round: question id {dup!r} occurs more than once; ids must be unique")
+    if config.method in ("regenesis", "star") and config.gold_filter:
+        missing = [q for q in questions if q.answer is None]
+        if missing:
+            raise ValueError(f"{len(missing)} of {len(questions)} questions (e.g. {missing[0].task}/"
+                             f"{missing[0].id}) have no gold answer; set use_gold=False to filter by majority vote")
+
+
+def _sampling(config: SynthesisConfig, hint: bool, n: int, max_tokens: int) -> SamplingConfig:
+    temperature = config.hint_temperature if hint else config.temperature
+    return SamplingConfig(n=n, temperature=temperature, top_p=config.top_p, max_tokens=max_tokens,
+                          seed=config.seed)
+
+
+def _filter(candidates, by_id, config, engine, ledger):
+    return filter_candidates(candidates, by_id, use_gold=config.gold_filter, min_agreement=config.min_agreement,
+                             require_boxed=config.require_boxed,
+                             max_path_tokens=config.max_path_tokens,
+                             max_per_question=config.max_paths_per_question,
+                             dedup_threshold=config.dedup_threshold,
+                             judge_engine=engine if config.judge else None, seed=config.seed, ledger=ledger)
+
+
+def _regenesis_chunk(engine, chunk, guidelines, config, round, ledger, skipped):
+    seed = config.seed
+    drafts = paper_drafts(chunk, guidelines, config.guidelines_per_question, round, seed)
+    if config.candidate_set == "released":
+        selections, unparsed = select_guidelines(
+            engine, chunk, guidelines, config.num_selections,
+            _sampling(config, False, 1, config.selection_max_tokens), round, seed, ledger)
+        skipped["selection_unparsed"] = skipped.get("selection_unparsed", 0) + unparsed
+        drafts += selections
+    plan = _sampling(config, False, 1, config.plan_max_tokens)
+    path = _sampling(config, False, config.samples_per_prompt, config.max_tokens)
+    main = run_stages(engine, drafts, plan, path, frozenset(), seed, ledger)
+    by_id = {q.id: q for q in chunk}
+    _filter(main, by_id, config, engine, ledger)
+    if not (config.hint_stages and config.gold_filter):
+        return main, []
+    solved = {c.question_id for c in main if c.kept}
+    unsolved = [q.id for q in chunk if q.id not in solved]
+    retry = hint_drafts([d for d in drafts if d.question.id not in solved])
+    hinted = run_stages(engine, retry, _sampling(config, True, 1, config.plan_max_tokens),
+                        _sampling(config, True, config.samples_per_prompt, config.max_tokens),
+                        frozenset(config.hint_stages), seed, ledger)
+    _filter(hinted, by_id, config, engine, ledger)
+    return main + hinted, unsolved
+
+
+def _cot_chunk(engine, chunk, config, round, ledger):
+    by_id = {q.id: q for q in chunk}
+    main = cot_samples(engine, chunk, _sampling(config, False, config.samples_per_prompt, config.max_tokens),
+                       config.method, round, False, config.seed, ledger)
+    _filter(main, by_id, config, engine, ledger)
+    if config.method != "star" or not config.rationalize:
+        return main, []
+    solved = {c.question_id for c in main if c.kept}
+    unsolved = [q for q in chunk if q.id not in solved]
+    hinted = cot_samples(engine, unsolved, _sampling(config, True, config.samples_per_prompt, config.max_tokens),
+                         config.method, round, True, config.seed, ledger)
+    _filter(hinted, by_id, config, engine, ledger)
+    return main + hinted, [q.id for q in unsolved]
+
+
+def synthesize_round(engine: Engine | None, questions: list[Question], config: SynthesisConfig,
+                     round: int = 0) -> RoundResult:
+    """Synthesize and filter one round of reasoning paths.
+
+    Args:
+        engine: Generation engine (wrap it in the store's cache to make the round resumable); may be None
+            only for method="gt".
+        questions: The round's training questions (unique ids).
+        config: Method, sampling and filter settings.
+        round: Self-improvement round (part of every request seed and of the lineage).
+
+    Raises:
+        ValueError: no questions, duplicate ids, gold filtering on questions without gold answers, or no
+            engine for a generating method.
+    """
+    _check_questions(questions, config)
+    ledger, skipped = TokenLedger(), {}
+    candidates: list[Candidate] = []
+    hint_questions: list[str] = []
+    if config.method == "gt":
+        candidates, skipped["no_rationale"] = gt_candidates(
+            questions, round, engine.tokenizer if engine is not None else None)
+    else:
+        if engine is None:
+            raise ValueError(f"synthesize_round: method={config.method!r} generates paths and needs an engine")
+        guidelines = load_guidelines(config.guideline_file) if config.method == "regenesis" else []
+        for start in range(0, len(questions), config.chunk_size):
+            chunk = questions[start:start + config.chunk_size]
+            if config.method == "regenesis":
+                made, retried = _regenesis_chunk(engine, chunk, guidelines, config, round, ledger, skipped)
+            else:
+                made, retried = _cot_chunk(engine, chunk, config, round, ledger)
+            candidates += made
+            hint_questions += retried
+    stats = round_stats(candidates, questions, ledger, hint_questions, skipped)
+    stats = {"method": config.method, "round": round, **stats, "config": asdict(config)}
+    return RoundResult(candidates=candidates, kept=[c for c in candidates if c.kept], stats=stats)

@@ -1,0 +1,70 @@
+"""One checked engine call per stage, with token accounting (what a synthesis round spent, by stage)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from regenesis_pl.engines.base import Conversation, Engine, RequestOutput, SamplingConfig
+
+
+@dataclass
+class TokenLedger:
+    """Engine usage of a round, by stage name ("select", "adapt", "structure", "path", "judge", "cot", ...).
+
+    Attributes:
+        calls: Engine calls per stage.
+        requests: Requests (conversations) per stage.
+        prompt_tokens: Prompt tokens per stage (as reported by the engine).
+        generated_tokens: Generated tokens per stage, summed over all completions.
+    """
+
+    calls: Counter = field(default_factory=Counter)
+    requests: Counter = field(default_factory=Counter)
+    prompt_tokens: Counter = field(default_factory=Counter)
+    generated_tokens: Counter = field(default_factory=Counter)
+
+    def record(self, stage: str, outputs: Sequence[RequestOutput]) -> None:
+        self.calls[stage] += 1
+        self.requests[stage] += len(outputs)
+        self.prompt_tokens[stage] += sum(o.prompt_tokens for o in outputs)
+        self.generated_tokens[stage] += sum(c.num_tokens for o in outputs for c in o.completions)
+
+    def to_dict(self) -> dict:
+        return {
+            "engine_calls": dict(self.calls),
+            "requests": dict(self.requests),
+            "prompt_tokens": dict(self.prompt_tokens),
+            "generated_tokens": dict(self.generated_tokens),
+            "total_prompt_tokens": sum(self.prompt_tokens.values()),
+            "total_generated_tokens": sum(self.generated_tokens.values()),
+        }
+
+
+def run_stage(
+    engine: Engine,
+    stage: str,
+    conversations: Sequence[Conversation],
+    sampling: SamplingConfig,
+    seeds: Sequence[int],
+    ledger: TokenLedger | None = None,
+) -> list[RequestOutput]:
+    """Send one batch to the engine (one call, whatever its size) and check the reply's shape.
+
+    Raises:
+        RuntimeError: the engine returned a different number of outputs or completions than asked for.
+    """
+    if not conversations:
+        return []
+    outputs = engine.generate(list(conversations), sampling, request_seeds=list(seeds), progress=stage)
+    if len(outputs) != len(conversations):
+        raise RuntimeError(f"engine {getattr(engine, 'name', '?')}: stage {stage} got {len(outputs)} outputs "
+                           f"for {len(conversations)} requests")
+    for out in outputs:
+        if len(out.completions) != sampling.n:
+            raise RuntimeError(f"engine {getattr(engine, 'name', '?')}: stage {stage} got "
+                               f"{len(out.completions)} completions where n={sampling.n}")
+    if ledger is not None:
+        ledger.record(stage, outputs)
+    return outputs
