@@ -1,0 +1,120 @@
+"""Kept candidates -> SFT records (chat messages plus lineage), as JSONL and as a ``datasets.Dataset``.
+
+A record's ``messages`` come from ``chat.sft_messages``: the user turn is exactly the evaluation prompt and
+the assistant turn is the reasoning path, so training and evaluation see the same text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from regenesis_pl.chat import sft_messages
+from regenesis_pl.method.records import Candidate
+from regenesis_pl.tasks.types import Question
+
+SFT_FIELDS = ("messages", "question_id", "task", "method", "round", "guideline_id", "hint")
+
+
+def sft_records(kept: Iterable[Candidate], questions: Mapping[str, Question] | Sequence[Question]
+                ) -> list[dict[str, Any]]:
+    """One SFT record per kept candidate, in the given order.
+
+    Args:
+        kept: Candidates to export (normally those with ``kept=True``).
+        questions: The questions they answer, by id or as a list.
+
+    Raises:
+        ValueError: a candidate names a question that is not given, or has an empty path.
+    """
+    by_id = dict(questions) if isinstance(questions, Mapping) else {q.id: q for q in questions}
+    records = []
+    for cand in kept:
+        question = by_id.get(cand.question_id)
+        if question is None:
+            raise ValueError(f"export: candidate of question {cand.task}/{cand.question_id} has no matching "
+                             f"question among {len(by_id)} given; pass the questions the round used")
+        if not cand.path.strip():
+            raise ValueError(f"export: candidate {cand.question_id}/{cand.guideline_id} has an empty path; "
+                             "only filtered (kept) candidates belong in SFT data")
+        records.append({
+            "messages": sft_messages(question, cand.path),
+            "question_id": cand.question_id,
+            "task": cand.task,
+            "method": cand.method,
+            "round": cand.round,
+            "guideline_id": cand.guideline_id,
+            "hint": bool(cand.hint),
+        })
+    return records
+
+
+def write_jsonl(records: Iterable[Mapping[str, Any]], path: str | os.PathLike) -> Path:
+    """Write records as JSON lines, atomically (a temporary file renamed into place). Returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records)
+    os.replace(tmp, path)
+    return path
+
+
+def write_sft_jsonl(records: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
+    """Write SFT records (``kept.jsonl``)."""
+    return write_jsonl(records, path)
+
+
+def load_sft_records(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Read SFT records written by ``write_sft_jsonl``; every line is checked for the record fields.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: a line is not JSON or lacks fields, with its line number.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"SFT records: no file {path}; run `regenesis synthesize` first or fix the path")
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError as err:
+                raise ValueError(f"SFT records {path}:{number}: not JSON ({err}); rewrite the file") from None
+            missing = [k for k in SFT_FIELDS if k not in rec]
+            if missing:
+                raise ValueError(f"SFT records {path}:{number}: missing fields {missing}; "
+                                 "expected records from regenesis_pl.data.export")
+            messages = rec["messages"]
+            if not messages or messages[-1].get("role") != "assistant":
+                raise ValueError(f"SFT records {path}:{number}: messages must end with an assistant turn")
+            records.append(rec)
+    return records
+
+
+def sft_dataset(records: Sequence[Mapping[str, Any]]):
+    """A ``datasets.Dataset`` with the record fields as columns (``messages`` a list of role/content)."""
+    from datasets import Dataset
+
+    columns = {k: [rec[k] for rec in records] for k in SFT_FIELDS}
+    return Dataset.from_dict(columns)
+
+
+def write_candidates(candidates: Iterable[Candidate], path: str | os.PathLike) -> Path:
+    """Every candidate of a round with its full lineage and verdict (``candidates.jsonl``)."""
+    return write_jsonl((c.to_dict() for c in candidates), path)
+
+
+def load_candidates(path: str | os.PathLike) -> list[Candidate]:
+    """Read back ``candidates.jsonl``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"candidates: no file {path}")
+    with open(path, encoding="utf-8") as f:
+        return [Candidate.from_dict(json.loads(line)) for line in f if line.strip()]

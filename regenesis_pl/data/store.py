@@ -1,0 +1,361 @@
+"""The on-disk generation store: every completion is written once, so any interrupted run resumes.
+
+``CachedEngine`` wraps any ``Engine``. Each request is keyed by what determines its output: the served
+weights (``engine.weights_id``: base model + adapter), the exact rendered prompt text, the sampling
+settings (without the base seed) and the request's own seed. Hits are read back from
+``generations.jsonl``; misses are generated in sub-batches of ``flush_every`` requests, and each
+sub-batch is appended, flushed and fsynced before the next starts, so a kill loses at most the
+sub-batch in flight. A stage function that calls ``engine.generate`` becomes resumable without knowing.
+
+Run directories carry a ``meta.json`` (method, round, model, weights, guideline set, config).
+``prepare_store_dir`` gives each distinct meta its own sub-store, so a run directory reused with other
+settings says so in one line and reuses nothing written under the old settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from regenesis_pl.chat import render_prompt
+from regenesis_pl.engines.base import Completion, Conversation, Engine, RequestOutput, SamplingConfig
+
+log = logging.getLogger(__name__)
+
+STORE_FILE = "generations.jsonl"
+META_FILE = "meta.json"
+FORMAT_VERSION = 1  # bump when the key or record layout changes: old stores then simply miss
+
+
+def request_key(weights_id: str, prompt: str, sampling: SamplingConfig, seed: int) -> str:
+    """The store key of one request: sha256 over weights, prompt text, settings (seed excluded) and seed."""
+    settings = dataclasses.replace(sampling, seed=0).key()
+    payload = json.dumps([FORMAT_VERSION, weights_id, settings, int(seed), prompt], ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def _output_to_json(out: RequestOutput) -> dict[str, Any]:
+    extra = {k: v for k, v in out.extra.items() if k != "cached"}
+    try:
+        json.dumps(extra)
+    except TypeError:  # engine-specific objects cannot be stored; keep the plain parts
+        extra = {k: v for k, v in extra.items() if isinstance(v, (str, int, float, bool, type(None)))}
+    return {
+        "completions": [dataclasses.asdict(c) for c in out.completions],
+        "prompt_tokens": out.prompt_tokens,
+        "extra": extra,
+    }
+
+
+def _output_from_json(rec: dict[str, Any]) -> RequestOutput:
+    return RequestOutput(
+        completions=[Completion(**c) for c in rec["completions"]],
+        prompt_tokens=rec.get("prompt_tokens", 0),
+        extra={**rec.get("extra", {}), "cached": True},
+    )
+
+
+class GenerationStore:
+    """An append-only JSONL file of request outputs with an in-memory index ``key -> (offset, length)``.
+
+    One writer at a time: an open store holds an exclusive advisory lock on its file (POSIX), so a second
+    process (or a second open store in this process) pointed at the same directory fails with a clear error
+    instead of interleaving lines. ``close()`` (or the end of the process, even by SIGKILL) releases it.
+
+    Args:
+        store_dir: Directory holding ``generations.jsonl`` (created when missing).
+    """
+
+    def __init__(self, store_dir: str | os.PathLike) -> None:
+        self.dir = Path(store_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.dir / STORE_FILE
+        self._index: dict[str, tuple[int, int]] = {}
+        self.skipped_lines = 0  # torn or unreadable lines met on load (each warned about)
+        self._writer = open(self.path, "ab")  # noqa: SIM115 - kept open for the store's lifetime
+        try:
+            _lock(self._writer, self.path)
+            self._size = self._load()
+        except BaseException:
+            self._writer.close()
+            raise
+        self._reader = open(self.path, "rb")  # noqa: SIM115
+
+    def _load(self) -> int:
+        """Index the file; cut a torn last line (a kill mid-write) so appends start clean. Returns the size."""
+        data = self.path.read_bytes()
+        tail = data.rfind(b"\n") + 1  # bytes after the last line end belong to a torn line
+        if tail < len(data):
+            self.skipped_lines += 1
+            log.warning("store %s: skipping a torn last line (%d bytes, no line end); its request will be "
+                        "generated again", self.path, len(data) - tail)
+            with open(self.path, "r+b") as f:
+                f.truncate(tail)
+        offset = 0
+        for number, line in enumerate(data[:tail].split(b"\n")[:-1], start=1):
+            try:
+                key = json.loads(line)["key"]
+            except (ValueError, KeyError, TypeError) as err:
+                self.skipped_lines += 1
+                log.warning("store %s: skipping unreadable line %d (%s); its request will be generated "
+                            "again", self.path, number, str(err)[:80])
+            else:
+                self._index[key] = (offset, len(line) + 1)
+            offset += len(line) + 1
+        return tail
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._index
+
+    def get(self, key: str) -> RequestOutput | None:
+        """The stored output for ``key``, or None."""
+        loc = self._index.get(key)
+        if loc is None:
+            return None
+        self._reader.seek(loc[0])
+        rec = json.loads(self._reader.read(loc[1]))
+        if rec.get("key") != key:
+            raise RuntimeError(f"store {self.path} changed under this process (another writer?); "
+                               "use one run directory per running job")
+        return _output_from_json(rec)
+
+    def append(self, items: Sequence[tuple[str, RequestOutput, dict[str, Any]]]) -> None:
+        """Append ``(key, output, info)`` records, then flush and fsync (durable before returning)."""
+        chunks = []
+        for key, out, info in items:
+            line = (json.dumps({"key": key, **info, **_output_to_json(out)}, ensure_ascii=False) + "\n")
+            encoded = line.encode("utf-8")
+            self._index[key] = (self._size + sum(len(c) for c in chunks), len(encoded))
+            chunks.append(encoded)
+        self._writer.write(b"".join(chunks))
+        self._writer.flush()
+        os.fsync(self._writer.fileno())
+        self._size += sum(len(c) for c in chunks)
+
+    def close(self) -> None:
+        for f in (self._writer, self._reader):
+            if not f.closed:
+                f.close()
+
+
+def _lock(handle, path: Path) -> None:
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no advisory lock, single writer by convention
+        return
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise RuntimeError(f"store {path} is in use by another running job (or another open store in this "
+                           "process); wait for it to finish or use another run directory") from None
+
+
+class CachedEngine:
+    """An ``Engine`` that answers from a ``GenerationStore`` and generates (and stores) only what is missing.
+
+    Args:
+        engine: The engine doing the real generation.
+        store_dir: Store directory (``generations.jsonl`` inside).
+        flush_every: Requests per generation sub-batch; each sub-batch is made durable before the next.
+            Small values lose less work on a kill; on a GPU raise it (e.g. 256) so the engine batches fully.
+    """
+
+    def __init__(self, engine: Engine, store_dir: str | os.PathLike, flush_every: int = 32) -> None:
+        if flush_every < 1:
+            raise ValueError(f"CachedEngine: flush_every={flush_every} must be >= 1")
+        self.engine = engine
+        self.store = GenerationStore(store_dir)
+        self.flush_every = flush_every
+        self.name = f"cached({engine.name})"
+        self.hits = 0            # requests answered from the store
+        self.misses = 0          # requests generated (and stored) by this instance
+        self.generated_tokens = 0
+        self.cached_tokens = 0
+        self.generate_seconds = 0.0
+
+    # -- Engine protocol: delegation -------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
+
+    @property
+    def weights_id(self) -> str:
+        return self.engine.weights_id
+
+    def set_adapter(self, adapter_dir: str | None) -> None:
+        self.engine.set_adapter(adapter_dir)
+
+    def load_weights(self, model_dir: str) -> None:
+        self.engine.load_weights(model_dir)
+
+    def sleep(self) -> None:
+        self.engine.sleep()
+
+    def wake(self) -> None:
+        self.engine.wake()
+
+    def close(self) -> None:
+        self.store.close()
+        self.engine.close()
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for summaries: hits, misses, stored records, skipped lines, generated tokens, time."""
+        return {
+            "store": str(self.store.path),
+            "hits": self.hits,
+            "misses": self.misses,
+            "stored": len(self.store),
+            "skipped_lines": self.store.skipped_lines,
+            "generated_tokens": self.generated_tokens,
+            "cached_tokens": self.cached_tokens,
+            "generate_seconds": round(self.generate_seconds, 3),
+        }
+
+    # -- generation ------------------------------------------------------------------------------------
+    def generate(
+        self,
+        conversations: Sequence[Conversation],
+        sampling: SamplingConfig,
+        request_seeds: Sequence[int] | None = None,
+        progress: str | None = None,
+    ) -> list[RequestOutput]:
+        """Like ``Engine.generate``; requests already in the store are not generated again."""
+        if request_seeds is None:
+            request_seeds = [sampling.seed + i for i in range(len(conversations))]
+        elif len(request_seeds) != len(conversations):
+            raise ValueError(f"CachedEngine.generate: {len(request_seeds)} request_seeds for "
+                             f"{len(conversations)} conversations; give one seed per conversation")
+        weights = self.engine.weights_id
+        keys = [request_key(weights, render_prompt(self.tokenizer, conv), sampling, seed)
+                for conv, seed in zip(conversations, request_seeds)]
+        todo: dict[str, int] = {}  # missing key -> first request index (duplicates are generated once)
+        for i, key in enumerate(keys):
+            if key not in self.store and key not in todo:
+                todo[key] = i
+        fresh: dict[str, RequestOutput] = {}
+        bar = _StageBar(progress, total=len(keys), done=len(keys) - len(todo))
+        try:
+            pending = list(todo.items())
+            for start in range(0, len(pending), self.flush_every):
+                batch = pending[start:start + self.flush_every]
+                t0 = time.perf_counter()
+                outs = self.engine.generate([conversations[i] for _, i in batch], sampling,
+                                            request_seeds=[request_seeds[i] for _, i in batch], progress=None)
+                self.generate_seconds += time.perf_counter() - t0
+                if len(outs) != len(batch):
+                    raise RuntimeError(f"engine {self.engine.name} returned {len(outs)} outputs for "
+                                       f"{len(batch)} requests")
+                info = {"weights_id": weights, "sampling": sampling.key(), "label": progress or ""}
+                self.store.append([(key, out, {**info, "seed": int(request_seeds[i])})
+                                   for (key, i), out in zip(batch, outs)])
+                fresh.update((key, out) for (key, _), out in zip(batch, outs))
+                tokens = sum(c.num_tokens for o in outs for c in o.completions)
+                self.misses += len(batch)
+                self.generated_tokens += tokens
+                bar.advance(len(batch), len(batch) * sampling.n, tokens)
+        finally:
+            bar.close()
+        results = []
+        for i, key in enumerate(keys):
+            if key in fresh and todo[key] == i:
+                results.append(fresh[key])
+                continue
+            out = fresh.get(key) or self.store.get(key)
+            self.hits += 1
+            self.cached_tokens += sum(c.num_tokens for c in out.completions)
+            results.append(out)
+        return results
+
+
+class _StageBar:
+    """A tqdm bar per stage with generated paths/s and tokens/s in its postfix (silent when no label)."""
+
+    def __init__(self, label: str | None, total: int, done: int) -> None:
+        self._bar = None
+        self._start = time.perf_counter()
+        self._paths = self._tokens = 0
+        if label:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, initial=done, desc=label, unit="req", dynamic_ncols=True)
+            if done:
+                self._bar.set_postfix_str(f"{done} from store")
+
+    def advance(self, requests: int, paths: int, tokens: int) -> None:
+        self._paths += paths
+        self._tokens += tokens
+        if self._bar is not None:
+            secs = max(time.perf_counter() - self._start, 1e-9)
+            self._bar.set_postfix_str(f"{self._paths / secs:.2f} paths/s, {self._tokens / secs:.1f} tok/s")
+            self._bar.update(requests)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+# -- run directories ------------------------------------------------------------------------------------
+def meta_hash(meta: dict[str, Any]) -> str:
+    """Short stable hash of a run's meta (JSON with sorted keys)."""
+    return hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _describe(meta: dict[str, Any]) -> str:
+    keys = ("method", "round", "model", "adapter")
+    return " ".join(f"{k}={meta.get(k)}" for k in keys if k in meta)
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.extend(_differences(a, b, f"{prefix}{k}."))
+        elif a != b:
+            out.append(f"{prefix}{k}")
+    return out
+
+
+def prepare_store_dir(run_dir: str | os.PathLike, meta: dict[str, Any],
+                      say: Callable[[str], None] = print) -> Path:
+    """The store directory for a run with this meta, under ``run_dir`` (``store-<meta hash>``).
+
+    Writes ``run_dir/meta.json``. When it already held a different meta, says so in one line: generations
+    made under other settings are never reused (they live on in their own sub-store).
+
+    Args:
+        run_dir: The run directory (created when missing).
+        meta: JSON-serialisable description: method, round, model, weights fingerprint, guideline set, config.
+        say: Where the one-line notice goes.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    meta = json.loads(json.dumps(meta, sort_keys=True, default=str))
+    digest = meta_hash(meta)
+    meta_path = run_dir / META_FILE
+    if meta_path.exists():
+        try:
+            old = json.loads(meta_path.read_text())
+        except ValueError:
+            old = {"unreadable": str(meta_path)}
+        if meta_hash(old) != digest:
+            changed = ", ".join(_differences(old, meta)[:6]) or "?"
+            say(f"store at {run_dir} was written by {_describe(old)} (differs in: {changed}); "
+                f"reusing nothing from it: new generations go to store-{digest}")
+    store_dir = run_dir / f"store-{digest}"
+    store_dir.mkdir(exist_ok=True)
+    for path in (meta_path, store_dir / META_FILE):
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
+        os.replace(tmp, path)
+    return store_dir

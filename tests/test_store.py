@@ -1,0 +1,244 @@
+"""The generation store and CachedEngine: keys, hits/misses, torn lines, settings and weights changes, errors.
+
+These tests exercise store plumbing, so the engine is a small deterministic stand-in whose output is a
+function of (prompt, seed, weights); it renders prompts with a real transformers tokenizer built in-test.
+The real-model resume tests are in tests/test_synthesize.py.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from regenesis_pl.data.export import load_sft_records, sft_dataset, sft_records, write_sft_jsonl
+from regenesis_pl.data.store import CachedEngine, GenerationStore, prepare_store_dir, request_key
+from regenesis_pl.engines.base import Completion, Engine, RequestOutput, SamplingConfig
+from regenesis_pl.method.records import Candidate
+from regenesis_pl.tasks.types import AnswerType, Question
+
+
+def _tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]")
+    tok.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+                         "{% if add_generation_prompt %}<assistant>{% endif %}")
+    return tok
+
+
+class EchoEngine:
+    """Deterministic: the completion text names the prompt, the seed and the weights; counts its work."""
+
+    name = "echo"
+
+    def __init__(self, fail_after_calls: int | None = None) -> None:
+        self._tokenizer = _tokenizer()
+        self.weights = "base"
+        self.calls = 0
+        self.requests = 0
+        self.fail_after_calls = fail_after_calls
+
+    @property
+    def tokenizer(self):
+        return self._tokenizer
+
+    @property
+    def weights_id(self) -> str:
+        return self.weights
+
+    def generate(self, conversations, sampling, request_seeds=None, progress=None):
+        if self.fail_after_calls is not None and self.calls >= self.fail_after_calls:
+            raise RuntimeError("engine died")
+        self.calls += 1
+        seeds = request_seeds if request_seeds is not None else [sampling.seed + i for i in range(len(conversations))]
+        self.requests += len(conversations)
+        return [RequestOutput([Completion(f"{conv[-1]['content']}|seed={s}|w={self.weights}|t={sampling.temperature}"
+                                          f"|k={k}", 3, "stop") for k in range(sampling.n)], prompt_tokens=5)
+                for conv, s in zip(conversations, seeds)]
+
+    def set_adapter(self, adapter_dir):
+        self.weights = f"base+{adapter_dir}"
+
+    def load_weights(self, model_dir):
+        self.weights = model_dir
+
+    def sleep(self):
+        pass
+
+    def wake(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def _convs(n: int):
+    return [[{"role": "user", "content": f"question {i}"}] for i in range(n)]
+
+
+SAMPLING = SamplingConfig(temperature=0.8, top_p=0.9, max_tokens=16)
+
+
+def test_cached_engine_satisfies_protocol(tmp_path):
+    assert isinstance(CachedEngine(EchoEngine(), tmp_path), Engine)
+
+
+def test_hits_and_misses_across_instances(tmp_path):
+    inner = EchoEngine()
+    eng = CachedEngine(inner, tmp_path, flush_every=3)
+    first = eng.generate(_convs(7), SAMPLING, request_seeds=list(range(7)))
+    assert (eng.hits, eng.misses, inner.calls) == (0, 7, 3)  # 3 + 3 + 1 requests
+    eng.store.close()
+    again = CachedEngine(EchoEngine(), tmp_path, flush_every=3)
+    second = again.generate(_convs(9), SAMPLING, request_seeds=list(range(9)))
+    assert (again.hits, again.misses) == (7, 2)
+    assert [o.completions for o in second[:7]] == [o.completions for o in first]
+    assert second[8].completions[0].text == "question 8|seed=8|w=base|t=0.8|k=0"
+    assert second[0].extra.get("cached") is True and not second[8].extra.get("cached")
+    assert len((tmp_path / "generations.jsonl").read_text().splitlines()) == 9
+
+
+def test_default_seeds_and_duplicates(tmp_path):
+    inner = EchoEngine()
+    eng = CachedEngine(inner, tmp_path)
+    convs = _convs(2) + _convs(1)  # the third request repeats the first with seed base+2 -> a distinct key
+    outs = eng.generate(convs, SamplingConfig(temperature=0.8, seed=10))
+    assert [o.completions[0].text.split("|")[1] for o in outs] == ["seed=10", "seed=11", "seed=12"]
+    dup = eng.generate(_convs(1) * 3, SAMPLING, request_seeds=[5, 5, 5])
+    assert len({o.completions[0].text for o in dup}) == 1
+    assert inner.requests == 4  # the three identical requests were generated once
+    with pytest.raises(ValueError, match="request_seeds"):
+        eng.generate(_convs(2), SAMPLING, request_seeds=[1])
+
+
+def test_settings_seed_and_weights_changes_miss(tmp_path):
+    inner = EchoEngine()
+    eng = CachedEngine(inner, tmp_path)
+    eng.generate(_convs(2), SAMPLING, request_seeds=[1, 2])
+    eng.generate(_convs(2), SamplingConfig(temperature=0.8, top_p=0.9, max_tokens=16, seed=99),
+                 request_seeds=[1, 2])
+    assert eng.misses == 2 and eng.hits == 2  # the base seed is not part of the key, request seeds are
+    eng.generate(_convs(2), SamplingConfig(temperature=0.5, top_p=0.9, max_tokens=16), request_seeds=[1, 2])
+    assert eng.misses == 4
+    eng.generate(_convs(2), SAMPLING, request_seeds=[3, 4])
+    assert eng.misses == 6
+    eng.set_adapter("adapters/round-1")
+    outs = eng.generate(_convs(2), SAMPLING, request_seeds=[1, 2])
+    assert eng.misses == 8 and "w=base+adapters/round-1" in outs[0].completions[0].text
+    eng.set_adapter(None)  # back to weights "base+None": not the original id, still a miss
+    assert request_key("a", "p", SAMPLING, 1) != request_key("b", "p", SAMPLING, 1)
+    assert request_key("a", "p", SAMPLING, 1) != request_key("a", "p ", SAMPLING, 1)
+
+
+def test_torn_last_line_is_skipped_counted_and_cut(tmp_path, caplog):
+    eng = CachedEngine(EchoEngine(), tmp_path, flush_every=2)
+    eng.generate(_convs(4), SAMPLING, request_seeds=[0, 1, 2, 3])
+    eng.store.close()
+    path = tmp_path / "generations.jsonl"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 25])  # a kill in the middle of writing the 4th line
+    again = CachedEngine(EchoEngine(), tmp_path, flush_every=2)
+    assert again.store.skipped_lines == 1 and len(again.store) == 3
+    assert "torn last line" in caplog.text
+    outs = again.generate(_convs(5), SAMPLING, request_seeds=[0, 1, 2, 3, 4])
+    assert (again.hits, again.misses) == (3, 2)
+    assert outs[3].completions[0].text == "question 3|seed=3|w=base|t=0.8|k=0"
+    lines = path.read_text().splitlines()
+    assert len(lines) == 5 and all(json.loads(line)["key"] for line in lines)
+    again.store.close()
+    assert len(GenerationStore(tmp_path)) == 5
+
+
+def test_unreadable_middle_line_is_skipped(tmp_path):
+    eng = CachedEngine(EchoEngine(), tmp_path)
+    eng.generate(_convs(3), SAMPLING, request_seeds=[0, 1, 2])
+    eng.store.close()
+    path = tmp_path / "generations.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text(lines[0] + "{not json\n" + lines[1] + lines[2])
+    store = GenerationStore(tmp_path)
+    assert store.skipped_lines == 1 and len(store) == 3
+
+
+def test_engine_error_keeps_stored_work(tmp_path):
+    failing = EchoEngine(fail_after_calls=2)
+    eng = CachedEngine(failing, tmp_path, flush_every=4)
+    with pytest.raises(RuntimeError, match="engine died"):
+        eng.generate(_convs(10), SAMPLING, request_seeds=list(range(10)))
+    eng.store.close()
+    assert eng.misses == 8 and len(GenerationStore(tmp_path)) == 8
+    inner = EchoEngine()
+    rerun = CachedEngine(inner, tmp_path, flush_every=4)
+    outs = rerun.generate(_convs(10), SAMPLING, request_seeds=list(range(10)))
+    assert (rerun.hits, rerun.misses, inner.requests) == (8, 2, 2)
+    assert [o.completions[0].text.split("|")[1] for o in outs] == [f"seed={i}" for i in range(10)]
+
+
+def test_n_completions_round_trip(tmp_path):
+    eng = CachedEngine(EchoEngine(), tmp_path)
+    sampling = SamplingConfig(n=3, temperature=1.0)
+    first = eng.generate(_convs(2), sampling, request_seeds=[7, 8])
+    eng.store.close()
+    second = CachedEngine(EchoEngine(), tmp_path).generate(_convs(2), sampling, request_seeds=[7, 8])
+    assert [len(o.completions) for o in second] == [3, 3]
+    assert [o.completions for o in second] == [o.completions for o in first]
+    assert second[0].prompt_tokens == 5
+
+
+def test_prepare_store_dir_reuse_and_change(tmp_path):
+    said: list[str] = []
+    meta = {"method": "regenesis", "round": 0, "model": "m", "config": {"temperature": 1.2}}
+    a = prepare_store_dir(tmp_path, meta, say=said.append)
+    assert prepare_store_dir(tmp_path, dict(meta), say=said.append) == a and said == []
+    b = prepare_store_dir(tmp_path, {**meta, "method": "star", "config": {"temperature": 0.7}},
+                          say=said.append)
+    assert b != a and len(said) == 1
+    assert "written by method=regenesis" in said[0] and "config.temperature" in said[0]
+    assert "reusing nothing" in said[0]
+    assert json.loads((tmp_path / "meta.json").read_text())["method"] == "star"
+    assert json.loads((b / "meta.json").read_text())["config"] == {"temperature": 0.7}
+
+
+def test_one_open_store_per_directory(tmp_path):
+    store = GenerationStore(tmp_path)
+    with pytest.raises(RuntimeError, match="in use by another running job"):
+        GenerationStore(tmp_path)
+    store.close()
+    GenerationStore(tmp_path).close()
+
+
+def test_flush_every_validated(tmp_path):
+    with pytest.raises(ValueError, match="flush_every"):
+        CachedEngine(EchoEngine(), tmp_path, flush_every=0)
+
+
+def _question(i: int) -> Question:
+    return Question(id=f"q{i}", task="arith", text=f"What is {i} + {i}?", answer_type=AnswerType.NUMERIC,
+                    answer=str(2 * i))
+
+
+def test_sft_export_round_trip(tmp_path):
+    questions = [_question(i) for i in range(3)]
+    kept = [Candidate(question_id="q1", task="arith", method="regenesis", round=1, guideline_id="g05",
+                      path="1 + 1 = 2. \\boxed{2}", kept=True),
+            Candidate(question_id="q2", task="arith", method="regenesis", round=1, guideline_id="g07",
+                      hint=True, path="2 + 2 = 4. \\boxed{4}", kept=True)]
+    records = sft_records(kept, questions)
+    assert records[0]["messages"][0]["role"] == "user" and "What is 1 + 1?" in records[0]["messages"][0]["content"]
+    assert records[1]["messages"][-1] == {"role": "assistant", "content": "2 + 2 = 4. \\boxed{4}"}
+    assert records[1]["hint"] is True and records[1]["guideline_id"] == "g07"
+    path = write_sft_jsonl(records, tmp_path / "kept.jsonl")
+    assert load_sft_records(path) == records
+    ds = sft_dataset(records)
+    assert ds.num_rows == 2 and ds[1]["messages"][1]["content"] == "2 + 2 = 4. \\boxed{4}"
+    with pytest.raises(ValueError, match="no matching question"):
+        sft_records([Candidate(question_id="q9", task="arith", method="regenesis", path="x")], questions)
+    (tmp_path / "bad.jsonl").write_text('{"messages": []}\n')
+    with pytest.raises(ValueError, match="bad.jsonl:1: missing fields"):
+        load_sft_records(tmp_path / "bad.jsonl")
+    with pytest.raises(FileNotFoundError):
+        load_sft_records(tmp_path / "absent.jsonl")
