@@ -1,0 +1,216 @@
+"""In-domain and out-of-domain evaluation during a fit, through the run's generation engine.
+
+The base model is evaluated once before training (so the report has a before/after table), then the model
+after every round, and optionally every N optimizer steps. Each evaluation pushes the current weights into
+the engine (``EngineCallback``), runs greedy zero-shot chain of thought on every task in one engine call
+(``regenesis_pl.evaluation.evaluate_questions``), logs ``eval/<task>/accuracy`` and
+``eval/<task>/parse_rate`` to the Lightning loggers and writes ``<run_dir>/eval/<name>.json`` with the
+per-question records beside it. The best round is the one with the highest mean in-domain accuracy.
+At the end of the fit it writes the run report (``regenesis_pl.report.write_report``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import Callback
+
+from regenesis_pl.tasks.registry import TaskConfig
+
+log = logging.getLogger(__name__)
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+class EvaluationCallback(Callback):
+    """Evaluates accuracy and parse rate per task: base model, after every round, optionally every N steps.
+
+    Args:
+        in_domain: Test tasks of the training domain (e.g. the training task's test split); their mean
+            accuracy picks the best round.
+        ood: Out-of-domain tasks (reported separately).
+        max_tokens: Generation limit per answer (greedy).
+        every_n_steps: Also evaluate every this many optimizer steps (None: only at round ends).
+        evaluate_base: Evaluate the base model before training starts (skipped when resuming).
+        run_dir: Run directory; results go to ``<run_dir>/eval/``.
+        write_report: Write ``<run_dir>/report.md`` and its plots when the fit ends.
+    """
+
+    def __init__(self, in_domain: list[TaskConfig], ood: list[TaskConfig] | None = None, max_tokens: int = 512,
+                 every_n_steps: int | None = None, evaluate_base: bool = True, run_dir: str = "runs/fit",
+                 write_report: bool = True) -> None:
+        super().__init__()
+        if not in_domain:
+            raise ValueError("evaluation.in_domain: give at least one task, e.g. the training task's test split")
+        if every_n_steps is not None and every_n_steps < 1:
+            raise ValueError(f"evaluation.every_n_steps={every_n_steps} must be >= 1 or null")
+        if max_tokens < 1:
+            raise ValueError(f"evaluation.max_tokens={max_tokens} must be >= 1")
+        self.in_domain = list(in_domain)
+        self.ood = list(ood or [])
+        self.max_tokens = max_tokens
+        self.every_n_steps = every_n_steps
+        self.evaluate_base = evaluate_base
+        self.run_dir = Path(run_dir)
+        self.write_report = write_report
+        self._questions: list | None = None
+        self._kinds: dict[str, str] = {}
+        self.history: list[dict[str, Any]] = []
+        self.best_round: int | None = None
+        self.best_score: float | None = None
+        self._evaluated_stage: str | None = None
+
+    # ------------------------------------------------------------------------------ checkpoint state
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history, "best_round": self.best_round, "best_score": self.best_score}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict.get("history", []))
+        self.best_round = state_dict.get("best_round")
+        self.best_score = state_dict.get("best_score")
+
+    # ------------------------------------------------------------------------------ questions
+    def questions(self) -> list:
+        """All evaluation questions (in-domain first), loaded once; task names must not repeat across groups."""
+        if self._questions is None:
+            from regenesis_pl.tasks.registry import load_questions
+
+            questions, kinds = [], {}
+            for group, configs in (("in_domain", self.in_domain), ("ood", self.ood)):
+                for config in configs:
+                    loaded = load_questions(config)
+                    if not loaded:
+                        raise ValueError(f"evaluation.{group}: task {config.name!r} gave no questions; check "
+                                         "name, split and limit")
+                    for task in {q.task for q in loaded}:
+                        if kinds.setdefault(task, group) != group:
+                            raise ValueError(f"evaluation: task {task!r} is listed both in-domain and OOD; "
+                                             "list it once")
+                    questions += loaded
+            self._questions, self._kinds = questions, kinds
+        return self._questions
+
+    # ------------------------------------------------------------------------------ evaluating
+    def _engine_callback(self, trainer):
+        from regenesis_pl.callbacks.engine import EngineCallback
+
+        for callback in trainer.callbacks:
+            if isinstance(callback, EngineCallback):
+                return callback
+        raise ValueError("EvaluationCallback needs an EngineCallback among the Trainer's callbacks (the "
+                         "`generation:` section of the fit config)")
+
+    def evaluate(self, trainer, pl_module, name: str, round_k: int, kind: str) -> dict[str, Any] | None:
+        """Evaluate the current weights; writes ``eval/<name>.json`` and logs. Returns the summary (rank 0)."""
+        from regenesis_pl.evaluation import evaluate_questions
+
+        questions = self.questions() if trainer.is_global_zero else []
+        engine_cb = self._engine_callback(trainer)
+        start = time.perf_counter()
+        with engine_cb.serving(pl_module, purpose=f"eval {name}", round_k=round_k) as engine:
+            if engine is None:
+                return None
+            result = evaluate_questions(engine, questions, max_tokens=self.max_tokens, progress=f"eval {name}")
+        seconds = time.perf_counter() - start
+        in_domain = [t for t, k in self._kinds.items() if k == "in_domain"]
+        ood = [t for t, k in self._kinds.items() if k == "ood"]
+        per_task = result.to_json()["per_task"]
+        summary = {
+            "name": name, "kind": kind, "round": round_k, "step": trainer.global_step, "epoch": trainer.current_epoch,
+            "in_domain": in_domain, "ood": ood,
+            "in_domain_mean": _mean([per_task[t]["accuracy"] for t in in_domain if t in per_task]),
+            "ood_mean": _mean([per_task[t]["accuracy"] for t in ood if t in per_task]),
+            "per_task": per_task, "adapter": engine_cb.served_adapter, "weights_id": engine.weights_id,
+            "max_tokens": self.max_tokens, "seconds": round(seconds, 2),
+        }
+        self._write(name, summary, result.records)
+        self._log(trainer, summary)
+        self.history.append({k: summary[k] for k in ("name", "kind", "round", "step", "in_domain_mean", "ood_mean")})
+        table = ", ".join(f"{t} {s['accuracy']:.1%} (parsed {s['parse_rate']:.0%})" for t, s in per_task.items())
+        log.info("eval %s (step %d): %s", name, trainer.global_step, table)
+        return summary
+
+    def _write(self, name: str, summary: dict[str, Any], records: list[dict]) -> None:
+        folder = self.run_dir / "eval"
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / f"{name}_records.jsonl", "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+        tmp = folder / f"{name}.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2))
+        os.replace(tmp, folder / f"{name}.json")
+
+    def _log(self, trainer, summary: dict[str, Any]) -> None:
+        metrics = {"eval/round": float(summary["round"])}
+        for task, score in summary["per_task"].items():
+            metrics[f"eval/{task}/accuracy"] = score["accuracy"]
+            metrics[f"eval/{task}/parse_rate"] = score["parse_rate"]
+        for key in ("in_domain_mean", "ood_mean"):
+            if summary[key] is not None:
+                metrics[f"eval/{key}"] = summary[key]
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+            logger.save()
+
+    # ------------------------------------------------------------------------------ hooks
+    def on_train_start(self, trainer, pl_module) -> None:
+        done = any(h["kind"] == "base" for h in self.history)
+        if self.evaluate_base and not done and trainer.ckpt_path is None and trainer.global_step == 0:
+            self.evaluate(trainer, pl_module, "base", round_k=-1, kind="base")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        from regenesis_pl.data.datamodule import is_round_end, round_of
+
+        step = trainer.global_step
+        if not self.every_n_steps or step == 0 or step % self.every_n_steps:
+            return
+        last = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        if last and is_round_end(trainer):
+            return  # the round-end evaluation follows at once
+        self.evaluate(trainer, pl_module, f"step{step}", round_k=round_of(trainer), kind="periodic")
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        from regenesis_pl.data.datamodule import is_round_end, round_of
+
+        if not is_round_end(trainer):
+            return
+        k = round_of(trainer)
+        summary = self.evaluate(trainer, pl_module, f"round{k}", round_k=k, kind="round")
+        if summary is not None and summary["in_domain_mean"] is not None:
+            if self.best_score is None or summary["in_domain_mean"] > self.best_score:
+                self.best_round, self.best_score = k, summary["in_domain_mean"]
+            log.info("round %d: mean in-domain accuracy %.1f%% (best: round %d, %.1f%%)", k,
+                     100 * summary["in_domain_mean"], self.best_round, 100 * self.best_score)
+
+    # `regenesis validate|test`: accuracy of the loaded weights, after the loss loop (or at teardown when the
+    # loop had no batches, e.g. val_fraction=0, and Lightning skipped its hooks).
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "validate":
+            self._evaluate_loaded(trainer, pl_module, "validate")
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        self._evaluate_loaded(trainer, pl_module, "test")
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        if stage in ("validate", "test") and self._evaluated_stage != stage:
+            self._evaluate_loaded(trainer, pl_module, stage)
+        self._evaluated_stage = None
+
+    def _evaluate_loaded(self, trainer, pl_module, stage: str) -> None:
+        from regenesis_pl.data.datamodule import round_of
+
+        self._evaluated_stage = stage
+        self.evaluate(trainer, pl_module, stage, round_k=round_of(trainer), kind=stage)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if self.write_report and trainer.is_global_zero:
+            from regenesis_pl.report import write_report
+
+            path = write_report(self.run_dir)
+            log.info("report written to %s", path)

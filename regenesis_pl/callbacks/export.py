@@ -1,0 +1,124 @@
+"""Round exports: after every round, the trained weights as a Hugging Face folder vLLM and transformers load.
+
+``<run_dir>/export/round{k}/`` holds what the module's ``export_hf`` writes: for LoRA/QLoRA the peft adapter
+(safetensors, ``adapter_config.json`` naming the base model) with the tokenizer and its chat template; for
+full fine-tuning the full safetensors weights with tokenizer and chat template. With ``merged`` a LoRA round
+is also written merged into an unquantized copy of the base (``round{k}-merged``). Each folder gets a
+``regenesis_export.json`` (round, step, mode, base model, fingerprint of the trainable weights, the round's
+evaluation), and at the end of the fit ``export/best.json`` names the best round by in-domain accuracy.
+
+With ``audit_frozen`` the frozen weights are hashed when training starts and at every export, and both
+hashes are recorded: proof that training changed only what it should.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback
+
+log = logging.getLogger(__name__)
+
+EXPORT_META = "regenesis_export.json"
+
+
+def frozen_fingerprint(pl_module) -> tuple[str, int]:
+    """sha256 (16 hex digits) over the names and bytes of every frozen parameter, and their element count."""
+    digest, count = hashlib.sha256(), 0
+    for name, param in sorted(pl_module.named_parameters(), key=lambda kv: kv[0]):
+        if param.requires_grad:
+            continue
+        digest.update(name.encode())
+        digest.update(param.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        count += param.numel()
+    return digest.hexdigest()[:16], count
+
+
+class ExportCallback(Callback):
+    """Writes each round's weights as a loadable Hugging Face folder under ``<run_dir>/export/``.
+
+    Args:
+        run_dir: Run directory (the fit CLI links it from ``data.run_dir``).
+        merged: LoRA/QLoRA: also write the adapter merged into the unquantized base (``round{k}-merged``), a
+            plain model folder (full size on disk).
+        audit_frozen: Hash the frozen weights at the start of training and at every export (costs a pass
+            over the base weights on the CPU; meant for small models and tests).
+    """
+
+    def __init__(self, run_dir: str = "runs/fit", merged: bool = False, audit_frozen: bool = False) -> None:
+        super().__init__()
+        self.run_dir = Path(run_dir)
+        self.merged = merged
+        self.audit_frozen = audit_frozen
+        self._frozen_at_start: tuple[str, int] | None = None
+        self.exports: dict[int, str] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"exports": {str(k): v for k, v in self.exports.items()}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.exports = {int(k): v for k, v in state_dict.get("exports", {}).items()}
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.audit_frozen and trainer.is_global_zero:
+            self._frozen_at_start = frozen_fingerprint(pl_module)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        from regenesis_pl.data.datamodule import is_round_end, round_of
+
+        if is_round_end(trainer):
+            self.export_round(trainer, pl_module, round_of(trainer))
+
+    def export_round(self, trainer, pl_module, k: int) -> Path:
+        """Write round k's folder(s); every rank calls this (full weights are gathered under FSDP)."""
+        start = time.perf_counter()
+        folder = self.run_dir / "export" / f"round{k}"
+        pl_module.export_hf(folder, merged=False)
+        written = [folder]
+        if self.merged and getattr(pl_module, "adapter_only", False):
+            written.append(pl_module.export_hf(self.run_dir / "export" / f"round{k}-merged", merged=True))
+        if trainer.is_global_zero:
+            meta = self._meta(trainer, pl_module, k)
+            meta["seconds"] = round(time.perf_counter() - start, 2)
+            for path in written:
+                (Path(path) / EXPORT_META).write_text(json.dumps({**meta, "merged": path != folder}, indent=2))
+            log.info("round %d exported to %s in %.1f s", k, ", ".join(str(p) for p in written), meta["seconds"])
+        self.exports[k] = str(folder)
+        return folder
+
+    def _meta(self, trainer, pl_module, k: int) -> dict[str, Any]:
+        hparams = dict(getattr(pl_module, "hparams", {}) or {})
+        fingerprint = getattr(pl_module, "trainable_state_fingerprint", None)
+        meta: dict[str, Any] = {
+            "round": k, "step": trainer.global_step, "epoch": trainer.current_epoch,
+            "mode": getattr(pl_module, "mode", hparams.get("mode")), "base_model": str(hparams.get("model")),
+            "trainable_fingerprint": fingerprint() if callable(fingerprint) else None,
+            "trainable_params": sum(p.numel() for p in pl_module.parameters() if p.requires_grad),
+        }
+        evaluation = self.run_dir / "eval" / f"round{k}.json"
+        if evaluation.is_file():
+            summary = json.loads(evaluation.read_text())
+            meta["evaluation"] = {key: summary.get(key) for key in ("in_domain_mean", "ood_mean")}
+            meta["evaluation"]["accuracy"] = {t: s["accuracy"] for t, s in summary.get("per_task", {}).items()}
+        if self.audit_frozen:
+            now = frozen_fingerprint(pl_module)
+            meta["frozen"] = {"params": now[1], "fingerprint_now": now[0],
+                              "fingerprint_at_train_start": self._frozen_at_start[0] if self._frozen_at_start else None}
+        return meta
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        from regenesis_pl.callbacks.evaluation import EvaluationCallback
+
+        if not trainer.is_global_zero:
+            return
+        best = next((cb.best_round for cb in trainer.callbacks if isinstance(cb, EvaluationCallback)), None)
+        if best is not None and best in self.exports:
+            info = {"round": best, "path": self.exports[best]}
+            (self.run_dir / "export" / "best.json").write_text(json.dumps(info, indent=2))
+            log.info("best round: %d (%s)", best, self.exports[best])

@@ -1,0 +1,349 @@
+"""The LightningDataModule of the self-improvement loop: each round's SFT data is synthesized on the fly.
+
+Rounds map onto epochs: the Trainer runs ``rounds * epochs_per_round`` epochs and asks for its dataloaders
+every epoch (``reload_dataloaders_every_n_epochs=1``); ``train_dataloader()`` serves round
+``k = current_epoch // epochs_per_round``, preparing it once when the round starts. (Reloading only every
+``epochs_per_round`` epochs would drift after a resume inside a round: Lightning counts that interval from
+the last reload, which a checkpoint does not keep.) The round's data comes from ``<run_dir>/round-<k>/`` when this
+configuration already made it (a resumed run regenerates nothing); otherwise it is synthesized with the
+generation engine of ``EngineCallback`` serving the *current* weights (round k+1 is made by round k's
+model), through the resumable store (``regenesis_pl.synthesize.synthesize_to_store``).
+
+With ``restart_from_base`` (STaR/ReST style) the model returns to the base weights at the start of every
+round after the first, once the round's data has been made with the previous round's model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader
+
+from regenesis_pl.data.export import load_sft_records
+from regenesis_pl.data.sft import (
+    LengthGroupedBatchSampler,
+    SFTCollator,
+    SFTDataset,
+    encode_conversations,
+    split_train_val,
+)
+from regenesis_pl.method.synthesis import SynthesisConfig
+from regenesis_pl.tasks.registry import TaskConfig
+
+log = logging.getLogger(__name__)
+
+ROUND_MARKER = "fit_round.json"
+
+
+def epochs_per_round_of(trainer) -> int:
+    """Epochs per round of a running fit (1 when the Trainer has no ReGenesis DataModule)."""
+    return max(1, int(getattr(getattr(trainer, "datamodule", None), "epochs_per_round", 1) or 1))
+
+
+def round_of(trainer) -> int:
+    """The self-improvement round (0-based) the Trainer is in."""
+    return trainer.current_epoch // epochs_per_round_of(trainer)
+
+
+def is_round_end(trainer) -> bool:
+    """Whether the epoch now ending (call from ``on_train_epoch_end``) is the last epoch of its round."""
+    return (trainer.current_epoch + 1) % epochs_per_round_of(trainer) == 0
+
+
+def plain(value: Any) -> Any:
+    """JSON-ready form of configs: dataclasses, namespaces, mappings, sequences, paths and enums."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return plain(dataclasses.asdict(value))
+    if hasattr(value, "as_dict"):  # jsonargparse Namespace
+        return plain(value.as_dict())
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(getattr(value, "value", value))
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """Short stable hash of a JSON-ready configuration."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class ReGenesisDataModule(LightningDataModule):
+    """Per-round SFT data for the self-improvement loop, synthesized by the model being trained.
+
+    Args:
+        train_task: The training questions, e.g. ``{name: arithmetic, split: train, limit: 64}``; every round
+            uses all of them (with new seeds).
+        synthesis: Method (regenesis, star, lmsi, gt), sampling, hint and filter settings of each round.
+        rounds: Self-improvement rounds; the Trainer runs ``rounds * epochs_per_round`` epochs.
+        epochs_per_round: Training epochs over each round's data.
+        restart_from_base: Train each round from the base model (STaR/ReST style) instead of continuing
+            from the previous round's weights; the round's data is still made by the previous round's model.
+        max_length: Token limit of one SFT record (prompt + path).
+        overflow: What to do with records longer than ``max_length``: "drop" or "truncate" (counted either way).
+        batch_size: Records per training batch (per process).
+        val_fraction: Share of a round's questions whose paths are held out for the validation loss.
+        num_workers: DataLoader worker processes (0 = load in the training process).
+        run_dir: Run directory; round k's synthesis lives in ``<run_dir>/round-<k>/``.
+        flush_every: Generation requests per durable store sub-batch (raise it on GPUs, e.g. 256).
+        seed: Seed of the batch order and of the held-out split.
+    """
+
+    def __init__(self, train_task: TaskConfig, synthesis: SynthesisConfig | None = None, rounds: int = 1,
+                 epochs_per_round: int = 1, restart_from_base: bool = False, max_length: int = 1024,
+                 overflow: Literal["drop", "truncate"] = "drop", batch_size: int = 4, val_fraction: float = 0.1,
+                 num_workers: int = 0, run_dir: str = "runs/fit", flush_every: int = 32, seed: int = 0) -> None:
+        super().__init__()
+        if rounds < 1 or epochs_per_round < 1:
+            raise ValueError(f"data: rounds={rounds} and epochs_per_round={epochs_per_round} must be >= 1")
+        if batch_size < 1 or max_length < 8:
+            raise ValueError(f"data: batch_size={batch_size} must be >= 1 and max_length={max_length} >= 8")
+        if not 0 <= val_fraction < 1:
+            raise ValueError(f"data: val_fraction={val_fraction} must be in [0, 1)")
+        if overflow not in ("drop", "truncate"):
+            raise ValueError(f"data: overflow={overflow!r}; use 'drop' or 'truncate'")
+        self.train_task = train_task
+        self.synthesis = synthesis or SynthesisConfig()
+        self.rounds = rounds
+        self.epochs_per_round = epochs_per_round
+        self.restart_from_base = restart_from_base
+        self.max_length = max_length
+        self.overflow = overflow
+        self.batch_size = batch_size
+        self.val_fraction = val_fraction
+        self.num_workers = num_workers
+        self.run_dir = Path(run_dir)
+        self.flush_every = flush_every
+        self.seed = seed
+        self._questions = None
+        self._round: int | None = None
+        self._train: SFTDataset | None = None
+        self._val: SFTDataset | None = None
+        self._reset_done: set[int] = set()
+        self._resumed = False
+        self.round_info: dict[int, dict[str, Any]] = {}
+
+    # ------------------------------------------------------------------------------ configuration identity
+    def run_config(self) -> dict[str, Any]:
+        """What this run computes: the data settings (minus resumable ones) and the module's hyperparameters."""
+        data = {"train_task": self.train_task, "synthesis": self.synthesis, "epochs_per_round": self.epochs_per_round,
+                "restart_from_base": self.restart_from_base, "max_length": self.max_length,
+                "overflow": self.overflow, "batch_size": self.batch_size, "val_fraction": self.val_fraction,
+                "seed": self.seed}
+        module = getattr(self.trainer, "lightning_module", None) if self.trainer is not None else None
+        hparams = dict(getattr(module, "hparams", {}) or {})
+        return plain({"data": data, "model": {"class": type(module).__name__ if module else None, **hparams}})
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in every checkpoint: the configuration hash (checked on resume) and the rounds made so far."""
+        config = self.run_config()
+        return {"config_hash": config_hash(config), "config": config, "round_info": self.round_info}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Refuse a checkpoint written by another configuration (one line naming the differing settings)."""
+        changed = self._changes_from(state_dict.get("config"), state_dict.get("config_hash"), "checkpoint")
+        if changed:
+            raise ValueError(f"checkpoint was written by another configuration (differs in: "
+                             f"{', '.join(changed[:8])}); resume with the config it was made with, or start a new "
+                             "run_dir without --ckpt_path")
+        self._resumed = True
+        self.round_info = {int(k): v for k, v in state_dict.get("round_info", {}).items()}
+
+    def _changes_from(self, old: dict | None, old_hash: str | None, what: str) -> list[str]:
+        """Settings that differ between a saved configuration and this one. Settings the saved one lacks (added
+        by a newer regenesis_pl) are taken at their current values, with a warning."""
+        current = self.run_config()
+        if old_hash is None or old_hash == config_hash(current):
+            return []
+        if not old:
+            return ["unknown settings (no configuration saved beside the hash)"]
+        changed = _differences(old or {}, current)
+        added = [key for key in changed if _lookup(old or {}, key) is _MISSING]
+        if not changed or len(added) < len(changed):
+            return [key for key in changed if key not in added] or ["unknown settings"]
+        log.warning("%s predates the settings %s (a newer regenesis_pl); using their current values", what,
+                    ", ".join(added))
+        return []
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.trainer is not None and self.trainer.reload_dataloaders_every_n_epochs != 1:
+            raise ValueError(f"trainer.reload_dataloaders_every_n_epochs="
+                             f"{self.trainer.reload_dataloaders_every_n_epochs}: the ReGenesis DataModule needs 1 "
+                             "(it serves each round's data from its cache; rounds are set by data.epochs_per_round)")
+
+    # ------------------------------------------------------------------------------ rounds
+    @property
+    def current_round(self) -> int:
+        """Round of the Trainer's current epoch (0 before fitting)."""
+        return 0 if self.trainer is None else self.trainer.current_epoch // self.epochs_per_round
+
+    def questions(self):
+        """The training questions (loaded once)."""
+        if self._questions is None:
+            from regenesis_pl.tasks.registry import load_questions
+
+            self._questions = load_questions(self.train_task)
+            if not self._questions:
+                raise ValueError(f"data.train_task {self.train_task.name!r} gave no questions; check name, split "
+                                 "and limit")
+        return self._questions
+
+    def _engine_callback(self):
+        from regenesis_pl.callbacks.engine import EngineCallback
+
+        found = [cb for cb in self.trainer.callbacks if isinstance(cb, EngineCallback)]
+        if not found:
+            raise ValueError("ReGenesisDataModule needs an EngineCallback among the Trainer's callbacks to "
+                             "synthesize round data; add it (the `engine:` section of the fit config)")
+        return found[0]
+
+    def _stored_records(self, k: int) -> list[dict[str, Any]] | None:
+        """Round k's SFT records when this run (or this configuration) already made them, else None.
+
+        When resuming from a checkpoint the stored rounds are the run's own (the checkpoint's configuration was
+        checked on load) and are always read back: regenerating one would use later weights.
+        """
+        folder = self.run_dir / f"round-{k}"
+        try:
+            marker = json.loads((folder / ROUND_MARKER).read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        if not self._resumed and self._changes_from(marker.get("config"), marker.get("config_hash"),
+                                                    f"{folder / ROUND_MARKER}"):
+            log.info("round %d: %s was made by another configuration; synthesizing again (the store reuses "
+                     "whatever generations still apply)", k, folder)
+            return None
+        return load_sft_records(folder / "kept.jsonl")
+
+    def _synthesize(self, k: int) -> list[dict[str, Any]]:
+        """Make round k's data with the engine serving the current weights; every rank gets the records."""
+        from regenesis_pl.synthesize import EmptyRoundError, round_dir, synthesize_to_store
+
+        trainer, module = self.trainer, self.trainer.lightning_module
+        callback = self._engine_callback()
+        folder = round_dir(self.run_dir, k)
+        with callback.serving(module, purpose=f"synthesis round {k}") as engine:
+            if engine is not None:  # global rank 0 generates; the others read the files it wrote
+                try:
+                    result = synthesize_to_store(engine, self.questions(), self.synthesis, round=k,
+                                                 run_dir=self.run_dir, flush_every=self.flush_every,
+                                                 require_kept=True, model=callback.model_name(module),
+                                                 adapter=callback.served_adapter, say=log.info)
+                except EmptyRoundError as err:
+                    raise EmptyRoundError(f"{err} (files in {folder})") from None
+                config = self.run_config()
+                marker = {"round": k, "config_hash": config_hash(config), "config": config,
+                          "weights_id": engine.weights_id,
+                          "adapter": callback.served_adapter, "kept": len(result.kept),
+                          "store": result.stats.get("store", {})}
+                tmp = folder / (ROUND_MARKER + ".tmp")
+                tmp.write_text(json.dumps(marker, indent=2))
+                os.replace(tmp, folder / ROUND_MARKER)
+        trainer.strategy.barrier("regenesis-round-data")
+        return load_sft_records(folder / "kept.jsonl")
+
+    def _prepare_round(self, k: int) -> None:
+        if self._round == k:
+            return
+        for callback in self.trainer.callbacks:
+            if hasattr(callback, "begin_round"):
+                callback.begin_round(k)  # the engine callback times rounds from here
+        records = self._stored_records(k)
+        # Rank 0 decides, so every rank takes the same path (synthesis pushes weights collectively).
+        stored = self.trainer.strategy.broadcast(records is not None, src=0)
+        source = "read back from the run directory (nothing regenerated)"
+        if not stored:
+            records = self._synthesize(k)
+            source = "synthesized with the current weights"
+        elif records is None:
+            records = load_sft_records(self.run_dir / f"round-{k}" / "kept.jsonl")
+        tokenizer = self.trainer.lightning_module.tokenizer
+        train_recs, val_recs = split_train_val(records, self.val_fraction, seed=self.seed + k,
+                                               key=lambda r: r["question_id"])
+        train = encode_conversations(tokenizer, [r["messages"] for r in train_recs], self.max_length, self.overflow)
+        val = encode_conversations(tokenizer, [r["messages"] for r in val_recs], self.max_length, self.overflow)
+        if not train.records:
+            raise ValueError(f"round {k}: none of the {len(train_recs)} training paths fits max_length="
+                             f"{self.max_length} tokens ({train.dropped} dropped); raise data.max_length or use "
+                             "data.overflow='truncate'")
+        self._train, self._val = SFTDataset(train.records), SFTDataset(val.records) if val.records else None
+        self._round = k
+        info = {"round": k, "source": source, "paths": len(records), "train": len(train.records),
+                "val": len(val.records), "dropped_too_long": train.dropped + val.dropped,
+                "truncated": train.truncated + val.truncated}
+        self.round_info[k] = info
+        log.info("round %d: %d kept paths %s; %d train / %d validation records (%d too long dropped, %d "
+                 "truncated)", k, len(records), source, info["train"], info["val"], info["dropped_too_long"],
+                 info["truncated"])
+
+    def _maybe_restart(self, k: int) -> None:
+        """At the start of round k > 0 (not when resuming inside it), return the model to the base weights."""
+        trainer = self.trainer
+        if not self.restart_from_base or k == 0 or k in self._reset_done:
+            return
+        self._reset_done.add(k)
+        if trainer.current_epoch % self.epochs_per_round != 0:
+            return  # resumed mid-round: the checkpoint already holds this round's partly trained weights
+        log.info("round %d: restart_from_base: training starts again from the base model", k)
+        trainer.lightning_module.reset_to_base(seed=self.seed + k)
+
+    # ------------------------------------------------------------------------------ dataloaders
+    def _loader(self, dataset: SFTDataset, shuffle: bool, epoch_seed: int) -> DataLoader:
+        trainer = self.trainer
+        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = LengthGroupedBatchSampler(dataset.lengths, self.batch_size, shuffle=shuffle, seed=epoch_seed,
+                                            num_replicas=replicas, rank=rank)
+        pad_id = self.trainer.lightning_module.tokenizer.pad_token_id
+        return DataLoader(dataset, batch_sampler=sampler, collate_fn=SFTCollator(pad_id),
+                          num_workers=self.num_workers, persistent_workers=False)
+
+    def train_dataloader(self) -> DataLoader:
+        """Batches of the current round's training records (length-grouped, seeded by the epoch)."""
+        k = self.current_round
+        if k >= self.rounds:
+            raise ValueError(f"epoch {self.trainer.current_epoch} is past the last round ({self.rounds} rounds x "
+                             f"{self.epochs_per_round} epochs); raise data.rounds to train more rounds")
+        self._prepare_round(k)
+        self._maybe_restart(k)
+        return self._loader(self._train, shuffle=True, epoch_seed=self.seed)
+
+    def val_dataloader(self):
+        """The current round's held-out records (validation loss); an empty list when nothing is held out."""
+        self._prepare_round(min(self.current_round, self.rounds - 1))
+        if self._val is None:
+            return []
+        return self._loader(self._val, shuffle=False, epoch_seed=self.seed)
+
+    def test_dataloader(self):
+        """Same held-out records as ``val_dataloader`` (``regenesis test`` reports their loss beside the task
+        accuracy that ``EvaluationCallback`` measures)."""
+        return self.val_dataloader()
+
+
+_MISSING = object()
+
+
+def _lookup(config: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(config, dict) or part not in config:
+            return _MISSING
+        config = config[part]
+    return config
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new)):
+            out += _differences(old.get(key), new.get(key), f"{prefix}{key}.")
+        return out
+    return [] if old == new else [prefix.rstrip(".")]

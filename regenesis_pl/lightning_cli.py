@@ -1,0 +1,148 @@
+"""``regenesis fit|validate|test``: the self-improvement loop configured by one YAML file (LightningCLI).
+
+A fit config has these sections (every key is checked against the live class signatures; an unknown key
+is named in LightningCLI's error):
+
+    seed_everything: 0
+    model:       SFTModule          (base model, mode full|lora|qlora, optimizer settings)
+    data:        ReGenesisDataModule (training task, synthesis, rounds, epochs_per_round, run_dir, ...)
+    generation:  EngineCallback     (the engine settings under `engine:`)
+    evaluation:  EvaluationCallback (in-domain and OOD tasks, max_tokens, every_n_steps)
+    export:      ExportCallback     (merged export, frozen-weights audit)
+    checkpoint:  ModelCheckpoint    (defaults: <run_dir>/checkpoints, last.ckpt at every epoch end)
+    trainer:     Trainer            (accelerator, precision, strategy, ...; logger default: CSV in <run_dir>/logs)
+
+Said once, linked everywhere: ``trainer.max_epochs = data.rounds * data.epochs_per_round``, ``model.model``
+is the model the engine serves, and ``data.run_dir`` is the run directory of every callback, the checkpoints and the logs.
+
+Resume after any interruption with ``--ckpt_path last``: the stored rounds are read back (nothing is
+regenerated), the adapter weights come from the checkpoint (the engine serves adapters from saved folders and
+never merges them), and a checkpoint written by another configuration is refused with the differing settings.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import yaml
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from regenesis_pl.callbacks.engine import EngineCallback
+from regenesis_pl.callbacks.evaluation import EvaluationCallback
+from regenesis_pl.callbacks.export import ExportCallback
+from regenesis_pl.data.datamodule import ReGenesisDataModule
+from regenesis_pl.model.module import SFTModule
+
+TRAINER_DEFAULTS = {"num_sanity_val_steps": 0, "log_every_n_steps": 1, "reload_dataloaders_every_n_epochs": 1}
+CHECKPOINT_DEFAULTS = {"checkpoint.save_last": True, "checkpoint.save_on_train_epoch_end": True,
+                       "checkpoint.enable_version_counter": False, "checkpoint.filename": "{epoch}-{step}"}
+
+
+def _max_epochs(rounds: int, epochs_per_round: int) -> int:
+    return int(rounds) * int(epochs_per_round)
+
+
+def _checkpoint_dir(run_dir: str) -> str:
+    return f"{str(run_dir).rstrip('/')}/checkpoints"
+
+
+# Keys computed from others (jsonargparse would silently replace a value a config file gives them).
+LINKED = {"trainer.max_epochs": "data.rounds x data.epochs_per_round", "generation.model": "model.model",
+          "generation.run_dir": "data.run_dir", "evaluation.run_dir": "data.run_dir",
+          "export.run_dir": "data.run_dir", "trainer.default_root_dir": "data.run_dir",
+          "checkpoint.dirpath": "data.run_dir"}
+
+
+class ReGenesisCLI(LightningCLI):
+    """LightningCLI with the engine, evaluation, export and checkpoint callbacks as config sections, and the
+    round bookkeeping linked into the Trainer."""
+
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else self.config
+        for source in config.get("config") or []:
+            raw = yaml.safe_load(source.get_content()) or {}
+            for key, origin in LINKED.items():
+                section, _, name = key.partition(".")
+                if isinstance(raw.get(section), dict) and name in raw[section]:
+                    (self._subcommand_parsers[subcommand] if subcommand else parser).error(
+                        f"{source}: {key} is computed from {origin}; remove it from the config")
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # Order matters at round ends: evaluate, then export, then report engine timings; the checkpoint
+        # (Lightning runs checkpoint callbacks last) then holds the round's evaluation state.
+        parser.add_lightning_class_args(EvaluationCallback, "evaluation")
+        parser.add_lightning_class_args(ExportCallback, "export")
+        parser.add_lightning_class_args(EngineCallback, "generation")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(CHECKPOINT_DEFAULTS)
+        parser.link_arguments(("data.rounds", "data.epochs_per_round"), "trainer.max_epochs",
+                              compute_fn=_max_epochs)
+        parser.link_arguments("model.model", "generation.model")
+        for target in ("generation.run_dir", "evaluation.run_dir", "export.run_dir", "trainer.default_root_dir"):
+            parser.link_arguments("data.run_dir", target)
+        parser.link_arguments("data.run_dir", "checkpoint.dirpath", compute_fn=_checkpoint_dir)
+
+
+    def instantiate_trainer(self, **kwargs):
+        """The Trainer, logging to CSV files under ``<run_dir>/logs`` unless the config names a logger."""
+        trainer_config = self._get(self.config_init, "trainer", default={}) or {}
+        if trainer_config.get("logger") in (None, True) and "logger" not in kwargs:
+            from lightning.pytorch.loggers import CSVLogger
+
+            kwargs["logger"] = CSVLogger(save_dir=str(self._get(self.config_init, "data").run_dir), name="logs")
+        return super().instantiate_trainer(**kwargs)
+
+
+class _ConfigCheck(ReGenesisCLI):
+    """Parses and type-checks a config without building anything (used by ``check_fit_config``)."""
+
+    def instantiate_classes(self) -> None:
+        return None
+
+
+def _cli_kwargs() -> dict:
+    return {"model_class": SFTModule, "datamodule_class": ReGenesisDataModule, "trainer_defaults": TRAINER_DEFAULTS,
+            "auto_configure_optimizers": False, "save_config_kwargs": {"overwrite": True}}
+
+
+def check_fit_config(args: list[str]):
+    """Parse fit arguments (e.g. ``["--config", "configs/smoke_cpu.yaml"]``) against the live classes and
+    return the namespace; nothing is instantiated. Bad keys or types exit with LightningCLI's error."""
+    return _ConfigCheck(**_cli_kwargs(), args=list(args), run=False).config
+
+
+def _show_progress_messages() -> None:
+    """Send the package's INFO messages (round data, pushes, evaluations) to stderr, once."""
+    logger = logging.getLogger("regenesis_pl")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[regenesis] %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
+def run_fit_cli(args: list[str] | None = None) -> ReGenesisCLI:
+    """Run ``fit``, ``validate`` or ``test`` (first element of ``args``; default: ``sys.argv[1:]``).
+
+    Errors from bad input (a mismatched checkpoint, an empty round, a missing file) end the process with
+    exit code 2 and one line on stderr.
+    """
+    from regenesis_pl.synthesize import EmptyRoundError
+
+    args = list(sys.argv[1:] if args is None else args)
+    _show_progress_messages()
+    try:
+        return ReGenesisCLI(**_cli_kwargs(), args=args)
+    except (ValueError, FileNotFoundError, EmptyRoundError) as err:
+        command = args[0] if args else ""
+        print(f"regenesis {command}: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    run_fit_cli()

@@ -1,0 +1,128 @@
+"""Fast tests of the fit loop's bookkeeping: round arithmetic, engine timing windows, the config guard of the
+DataModule, and the run report built from files on disk (the full loop runs in test_fit.py)."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from regenesis_pl.callbacks.engine import EngineCallback
+from regenesis_pl.data.datamodule import ReGenesisDataModule, is_round_end, round_of
+from regenesis_pl.method.synthesis import SynthesisConfig
+from regenesis_pl.report import write_report
+from regenesis_pl.tasks.registry import TaskConfig
+
+
+def _trainer(epoch: int, epochs_per_round: int):
+    return SimpleNamespace(current_epoch=epoch, datamodule=SimpleNamespace(epochs_per_round=epochs_per_round))
+
+
+@pytest.mark.parametrize("epoch,per_round,expected_round,ends", [
+    (0, 1, 0, True), (1, 1, 1, True), (0, 3, 0, False), (2, 3, 0, True), (3, 3, 1, False), (5, 3, 1, True),
+])
+def test_round_arithmetic(epoch, per_round, expected_round, ends):
+    trainer = _trainer(epoch, per_round)
+    assert round_of(trainer) == expected_round
+    assert is_round_end(trainer) is ends
+
+
+def test_round_summary_excludes_other_rounds_and_the_build():
+    cb = EngineCallback(run_dir="unused")
+    cb.rounds = {0: {"start": 100.0, "end": 200.0}, 1: {"start": 200.0, "end": 260.0}}
+    cb.build_window = (100.0, 130.0)            # the engine was built inside round 0's window
+    cb.events = [
+        {"round": -1, "start": 130.0, "end": 140.0, "pushed": False, "push_s": 0.0, "wake_s": 0.0,
+         "sleep_s": 0.0, "use_s": 10.0},       # base evaluation, also inside round 0's window
+        {"round": 0, "start": 140.0, "end": 170.0, "pushed": False, "push_s": 0.0, "wake_s": 0.5,
+         "sleep_s": 0.1, "use_s": 30.0},
+        {"round": 0, "start": 190.0, "end": 200.0, "pushed": True, "push_s": 3.0, "wake_s": 0.5,
+         "sleep_s": 0.1, "use_s": 6.0},
+        {"round": 1, "start": 200.0, "end": 220.0, "pushed": True, "push_s": 2.0, "wake_s": 0.0,
+         "sleep_s": 0.0, "use_s": 18.0},
+    ]
+    summary = cb.round_summary()
+    assert summary[0]["seconds"] == pytest.approx(100 - 30 - 10)
+    assert summary[0]["pushes"] == 1 and summary[0]["push_s"] == pytest.approx(3.0)
+    assert summary[0]["push_share"] == pytest.approx(3.0 / 60, abs=1e-4)
+    assert summary[0]["wake_s"] == pytest.approx(1.0)
+    assert summary[1]["seconds"] == pytest.approx(60.0)
+    assert summary[1]["push_share"] == pytest.approx(2.0 / 60, abs=1e-4)
+
+
+def _datamodule(tmp_path, **overrides):
+    args = {"train_task": TaskConfig(name="arithmetic", split="train", limit=4),
+                "synthesis": SynthesisConfig(guidelines_per_question=2), "run_dir": str(tmp_path)}
+    args.update(overrides)
+    return ReGenesisDataModule(**args)
+
+
+def test_checkpoint_of_another_config_is_refused(tmp_path):
+    saved = _datamodule(tmp_path).state_dict()
+    same = _datamodule(tmp_path, rounds=5, num_workers=2)   # more rounds / workers: still the same run
+    same.load_state_dict(saved)
+    other = _datamodule(tmp_path, synthesis=SynthesisConfig(guidelines_per_question=3), batch_size=8)
+    with pytest.raises(ValueError, match="another configuration") as err:
+        other.load_state_dict(saved)
+    assert "batch_size" in str(err.value) and "synthesis.guidelines_per_question" in str(err.value)
+
+
+def test_checkpoint_older_than_a_new_setting_still_resumes(tmp_path):
+    saved = _datamodule(tmp_path).state_dict()
+    del saved["config"]["data"]["synthesis"]["dedup_threshold"]  # as if written before the field existed
+    saved["config_hash"] = "0" * 16
+    _datamodule(tmp_path).load_state_dict(saved)
+    saved["config"]["data"]["batch_size"] = 99  # ... but a real difference is still refused
+    with pytest.raises(ValueError, match="differs in: data.batch_size"):
+        _datamodule(tmp_path).load_state_dict(saved)
+
+
+@pytest.mark.parametrize("bad,match", [({"rounds": 0}, "rounds"), ({"val_fraction": 1.0}, "val_fraction"),
+                                       ({"overflow": "wrap"}, "overflow")])
+def test_bad_datamodule_settings_fail_with_the_setting_named(tmp_path, bad, match):
+    with pytest.raises(ValueError, match=match):
+        _datamodule(tmp_path, **bad)
+
+
+def _score(task, acc, parse, n=10):
+    return {"task": task, "n": n, "correct": round(acc * n), "parsed": round(parse * n), "accuracy": acc,
+            "parse_rate": parse, "mean_tokens": 50.0}
+
+
+def test_report_tables_and_plots(tmp_path):
+    (tmp_path / "eval").mkdir()
+    for name, rnd, acc in (("base", -1, 0.1), ("round0", 0, 0.3), ("round1", 1, 0.4)):
+        per_task = {"arithmetic": _score("arithmetic", acc, 0.5), "strategyqa": _score("strategyqa", 0.2, 0.9)}
+        (tmp_path / "eval" / f"{name}.json").write_text(json.dumps({
+            "name": name, "round": rnd, "in_domain": ["arithmetic"], "ood": ["strategyqa"], "per_task": per_task,
+            "in_domain_mean": acc, "ood_mean": 0.2}))
+    for k, kept in ((0, 7), (1, 11)):
+        folder = tmp_path / f"round-{k}"
+        folder.mkdir()
+        (folder / "summary.json").write_text(json.dumps({
+            "round": k, "questions": 8, "questions_solved": 4 + k, "solved_main_pass": 2, "candidates": 24,
+            "answer_parse_rate": 0.5, "kept": kept, "hint": {"questions": 6, "recovered": 2 + k},
+            "guidelines": {"g01": {"candidates": 8, "accepted": 2, "kept": 2, "accept_rate": 0.25},
+                           "g02": {"candidates": 8, "accepted": 4, "kept": 3, "accept_rate": 0.5}}}))
+    (tmp_path / "engine_timings.json").write_text(json.dumps({"backend": "vllm", "build_s": 30.0, "rounds": {
+        "0": {"seconds": 120.0, "pushes": 1, "push_s": 0.6, "wake_s": 0.0, "sleep_s": 0.0, "use_s": 90.0,
+              "push_share": 0.005}}}))
+    path = write_report(tmp_path)
+    text = path.read_text()
+    assert "| arithmetic | in-domain | 10 | 10.0% (50.0%) | 30.0% (50.0%) | 40.0% (50.0%) |" in text
+    assert "| strategyqa | OOD |" in text
+    assert "Best round by mean in-domain accuracy: **1** (40.0%); base: 10.0%." in text
+    assert "| 1 | 8 | 5 | 2 | 6 / 3 | 24 | 50.0% | 11 |" in text
+    assert "| 0 | 120.0 | 1 | 0.60 |" in text and "| 0.5% |" in text
+    for name in ("accuracy_per_round", "guideline_accept_rates", "paths_kept_per_round"):
+        png = tmp_path / "plots" / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert f"plots/{name}.png" in text
+
+
+def test_report_says_what_is_missing(tmp_path):
+    text = write_report(tmp_path).read_text()
+    assert "No evaluation was written" in text and "No synthesis statistics" in text
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        write_report(tmp_path / "nope")

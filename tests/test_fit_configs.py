@@ -1,0 +1,81 @@
+"""Every YAML in configs/ parses against the live signatures (nothing is built, no model is loaded).
+
+File name convention (which command a config is for):
+    configs/eval_*.yaml    -> `regenesis evaluate --config ...`   (regenesis_pl.cli.build_parser)
+    configs/synth_*.yaml   -> `regenesis synthesize --config ...` (regenesis_pl.cli.build_parser)
+    any other *.yaml       -> `regenesis fit|validate|test --config ...` (LightningCLI, regenesis_pl.lightning_cli)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from regenesis_pl.lightning_cli import check_fit_config
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+SUBCOMMAND_PREFIXES = {"eval_": "evaluate", "synth_": "synthesize"}
+
+
+def command_of(path: Path) -> str:
+    """The `regenesis` command a config file is for, from its name."""
+    return next((cmd for prefix, cmd in SUBCOMMAND_PREFIXES.items() if path.name.startswith(prefix)), "fit")
+
+
+def test_configs_exist():
+    names = {p.name for p in CONFIGS}
+    for required in ("smoke_cpu.yaml", "demo_cpu.yaml", "mistral7b_qlora_1gpu.yaml", "llama3_8b_full_fsdp.yaml",
+                     "star_cpu.yaml", "lmsi_cpu.yaml", "gt_cpu.yaml"):
+        assert required in names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_config_parses_against_live_classes(path):
+    command = command_of(path)
+    if command == "fit":
+        cfg = check_fit_config(["--config", str(path)])
+        raw = yaml.safe_load(path.read_text())
+        # the round bookkeeping and the run directory are said once and linked everywhere
+        assert cfg.trainer.max_epochs == cfg.data.rounds * cfg.data.epochs_per_round
+        assert cfg.trainer.reload_dataloaders_every_n_epochs == 1  # the DataModule maps epochs to rounds
+        assert cfg.generation.model == cfg.model.model == raw["model"]["model"]
+        for section in ("generation", "evaluation", "export"):
+            assert cfg[section].run_dir == cfg.data.run_dir
+        assert cfg.checkpoint.dirpath == f"{cfg.data.run_dir}/checkpoints"
+        assert cfg.checkpoint.save_last and cfg.checkpoint.save_on_train_epoch_end
+    else:
+        from regenesis_pl.cli import build_parser
+
+        cfg = build_parser().parse_args([command, "--config", str(path)])
+        assert cfg.command == command
+
+
+def _smoke_with(tmp_path, edit) -> Path:
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "smoke_cpu.yaml").read_text())
+    edit(raw)
+    path = tmp_path / "edited.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_unknown_key_is_named(tmp_path, capsys):
+    path = _smoke_with(tmp_path, lambda raw: raw["data"].update(epochs_per_rnd=2))
+    with pytest.raises(SystemExit):
+        check_fit_config(["--config", str(path)])
+    assert "epochs_per_rnd" in capsys.readouterr().err
+
+
+def test_linked_trainer_key_cannot_be_set_twice(tmp_path, capsys):
+    path = _smoke_with(tmp_path, lambda raw: raw["trainer"].update(max_epochs=7))
+    with pytest.raises(SystemExit):
+        check_fit_config(["--config", str(path)])
+    assert "max_epochs" in capsys.readouterr().err
+
+
+def test_bad_type_is_named(tmp_path, capsys):
+    path = _smoke_with(tmp_path, lambda raw: raw["data"].update(rounds="two"))
+    with pytest.raises(SystemExit):
+        check_fit_config(["--config", str(path)])
+    assert "rounds" in capsys.readouterr().err
