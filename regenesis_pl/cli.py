@@ -1,0 +1,125 @@
+"""The ``regenesis`` command: one entry point for every job.
+
+    regenesis prepare model            convert the embedded model (or check it) and print its folder
+    regenesis prepare data SOURCE ...  write offline task splits (bigbench, olmo)
+    regenesis evaluate --config ...    zero-shot CoT accuracy and parse rate per task
+    regenesis synthesize --config ...  one round of ReGenesis / STaR / LMSI / GT synthesis into a store
+    regenesis fit|validate|test ...    the Lightning self-improvement loop (LightningCLI)
+
+Each sub-command's options are read from the signature of the function it runs (typed, documented
+parameters), so a YAML config is checked against the live code: unknown keys are named in the error.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import argparse
+
+from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test")
+
+HELP_FOOTER = """
+Lightning loop (LightningCLI; see `regenesis fit --help`):
+  regenesis fit --config configs/smoke_cpu.yaml           train R self-improvement rounds
+  regenesis fit --config configs/smoke_cpu.yaml --ckpt_path last   resume after a kill
+  regenesis validate|test --config ...                    validation/test loop of the same setup
+"""
+
+
+class _HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Keep the epilog's line breaks."""
+
+
+def _function_parser(function, positional: str | None = None, choices: list[str] | None = None,
+                     many: str | None = None) -> ArgumentParser:
+    """A parser whose options are ``function``'s parameters; ``many`` names a list option given as ``--x a b``."""
+    parser = ArgumentParser(description=(function.__doc__ or "").strip().split("\n")[0])
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the options below")
+    if positional:
+        parser.add_argument(positional, choices=choices)
+    if many:
+        parser.add_argument(f"--{many}", nargs="+", type=str, default=None, help="one or more names")
+    parser.add_function_arguments(function, skip={name for name in (positional, many) if name})
+    return parser
+
+
+def build_parser() -> ArgumentParser:
+    """The parser of every sub-command except the Lightning ones (also used by the config tests)."""
+    from regenesis_pl.evaluation import run_evaluation
+    from regenesis_pl.model.embedded import prepare_embedded_model
+    from regenesis_pl.synthesize import run_synthesis
+    from regenesis_pl.tasks.prepare import SOURCES, prepare_data
+
+    parser = ArgumentParser(prog="regenesis", description=__doc__.split("\n")[0], epilog=HELP_FOOTER,
+                            formatter_class=_HelpFormatter)
+    commands = parser.add_subcommands(dest="command")
+
+    prepare = ArgumentParser(description="Prepare the embedded model or offline task data")
+    commands.add_subcommand("prepare", prepare, help="prepare the embedded model or offline task data")
+    what = prepare.add_subcommands(dest="what")
+    what.add_subcommand("model", _function_parser(prepare_embedded_model),
+                        help="convert SmolLM2-135M-Instruct (PyPI GGUF) into a local HF folder")
+    what.add_subcommand("data", _function_parser(prepare_data, positional="source", choices=list(SOURCES), many="tasks"),
+                        help="write deterministic train/test splits of offline benchmark tasks")
+    commands.add_subcommand("evaluate", _function_parser(run_evaluation),
+                            help="zero-shot CoT evaluation of a model (optionally + LoRA adapter)")
+    commands.add_subcommand("synthesize", _function_parser(run_synthesis),
+                            help="synthesize and filter reasoning paths (regenesis, star, lmsi, gt)")
+    for name in LIGHTNING_COMMANDS:
+        commands.add_subcommand(name, ArgumentParser(), help=f"Lightning {name} (LightningCLI; see `regenesis {name} --help`)")
+    return parser
+
+
+def _run(cfg) -> int:
+    from regenesis_pl.evaluation import run_evaluation
+    from regenesis_pl.model.embedded import prepare_embedded_model
+    from regenesis_pl.synthesize import EmptyRoundError, run_synthesis
+    from regenesis_pl.tasks.prepare import prepare_data
+
+    command = cfg.command
+    sub = cfg[command]
+    args = {k: v for k, v in dict(sub).items() if k not in ("config", "__path__")}
+    if command == "prepare":
+        kind = sub.what
+        args = {k: v for k, v in dict(sub[kind]).items() if k not in ("config", "__path__")}
+        if kind == "model":
+            print(prepare_embedded_model(**args))
+        else:
+            for task, prov in prepare_data(**args).items():
+                counts = prov.get("counts", {})
+                print(f"{task}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        return 0
+    if command == "evaluate":
+        run_evaluation(**args)
+        return 0
+    if command == "synthesize":
+        try:
+            run_synthesis(**args)
+        except EmptyRoundError as err:
+            print(f"regenesis synthesize: {err}", file=sys.stderr)
+            return 2
+        return 0
+    raise SystemExit(f"regenesis: unknown command {command!r}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in LIGHTNING_COMMANDS:
+        from regenesis_pl.lightning_cli import run_fit_cli
+
+        run_fit_cli(argv)
+        return 0
+    parser = build_parser()
+    cfg = parser.instantiate_classes(parser.parse_args(argv))
+    try:
+        return _run(cfg)
+    except (ValueError, FileNotFoundError) as err:
+        # Bad input was already turned into a one-line message where it was found; show just that.
+        print(f"regenesis {argv[0] if argv else ''}: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
