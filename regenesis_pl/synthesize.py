@@ -25,7 +25,7 @@ from typing import Any
 from regenesis_pl.data.export import sft_records, write_candidates, write_sft_jsonl
 from regenesis_pl.data.store import CachedEngine, prepare_store_dir
 from regenesis_pl.engines.base import Engine
-from regenesis_pl.engines.factory import EngineConfig, build_engine
+from regenesis_pl.engines.factory import EngineConfig, build_engine, engine_settings
 from regenesis_pl.method.guidelines import load_guidelines
 from regenesis_pl.method.synthesis import RoundResult, SynthesisConfig, synthesize_round
 from regenesis_pl.tasks.registry import TaskConfig, load_questions
@@ -181,21 +181,6 @@ def summary_markdown(stats: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def engine_settings(engine: EngineConfig, model: str, adapter: str | None) -> dict[str, Any]:
-    """``build_engine`` keywords: the engine's settings with the run's ``model`` and ``adapter``.
-
-    Raises:
-        ValueError: ``engine.model``/``engine.adapter`` name something else than the run's model/adapter.
-    """
-    defaults = EngineConfig()
-    for name, value in (("model", model), ("adapter", adapter)):
-        inner = getattr(engine, name)
-        if inner != getattr(defaults, name) and inner != value:
-            raise ValueError(f"synthesize: engine.{name}={inner!r} conflicts with {name}={value!r}; set the "
-                             f"{name} once, at the top level")
-    return {**asdict(engine), "model": model, "adapter": adapter}
-
-
 def run_synthesis(
     task: TaskConfig,
     model: str = "embedded",
@@ -237,7 +222,7 @@ def run_synthesis(
         raise ValueError(f"synthesize: task {task.name!r} gave no questions; check name, split and limit")
     gen = None
     if synthesis.method != "gt":
-        gen = build_engine(**engine_settings(engine or EngineConfig(), model, adapter))
+        gen = build_engine(**engine_settings(engine or EngineConfig(), model, adapter, command="synthesize"))
     try:
         result = synthesize_to_store(gen, questions, synthesis, round=round, run_dir=run_dir,
                                      flush_every=flush_every, require_kept=require_kept, model=model,

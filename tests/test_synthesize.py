@@ -20,11 +20,10 @@ import pytest
 
 from regenesis_pl.data.export import load_candidates, load_sft_records
 from regenesis_pl.data.store import GenerationStore
-from regenesis_pl.engines.factory import EngineConfig
+from regenesis_pl.engines.factory import EngineConfig, engine_settings
 from regenesis_pl.method.synthesis import SynthesisConfig
 from regenesis_pl.synthesize import (
     EmptyRoundError,
-    engine_settings,
     round_dir,
     run_synthesis,
     summary_markdown,
@@ -208,3 +207,19 @@ def test_engine_settings_single_source_of_model():
     assert engine_settings(EngineConfig(model="m"), "m", "a")["adapter"] == "a"
     with pytest.raises(ValueError, match="engine.model='other' conflicts with model='m'"):
         engine_settings(EngineConfig(model="other"), "m", None)
+
+
+@pytest.mark.slow
+def test_cli_exits_2_on_an_empty_round(tmp_path, capsys):
+    from regenesis_pl.cli import main
+
+    data = tmp_path / "never.jsonl"
+    data.write_text(json.dumps(Question(id="never", task="never", text="What is 1 + 1?",
+                                        answer_type=AnswerType.NUMERIC, answer="123456789").to_dict()) + "\n")
+    code = main(["synthesize", "--task.name", "never", "--task.path", str(data),
+                 "--engine.backend", "transformers", "--synthesis.guidelines_per_question", "1",
+                 "--synthesis.hint_stages", "[]", "--synthesis.plan_max_tokens", "8", "--synthesis.max_tokens", "8",
+                 "--run_dir", str(tmp_path / "run")])
+    assert code == 2
+    assert "kept 0 paths: 1 questions" in capsys.readouterr().err
+    assert json.loads((tmp_path / "run" / "round-0" / "summary.json").read_text())["kept"] == 0
