@@ -124,9 +124,10 @@ class Losses(L.Callback):
         self.losses.append(float(outputs["loss"]))
 
 
-def trainer(max_steps: int, **kwargs) -> L.Trainer:
+def trainer(max_steps: int, root: Path, **kwargs) -> L.Trainer:
+    kwargs.setdefault("enable_checkpointing", False)
     return L.Trainer(max_steps=max_steps, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                     enable_model_summary=False, **kwargs)
+                     enable_model_summary=False, default_root_dir=root, **kwargs)
 
 
 def lora_module() -> SFTModule:
@@ -146,7 +147,7 @@ def test_lora_learns_checkpoints_adapters_only_and_resumes_exactly(tmp_path: Pat
     losses = Losses()
     ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1,
                                                filename="{step}")
-    run = trainer(10, callbacks=[losses, ckpt])
+    run = trainer(10, tmp_path, callbacks=[losses, ckpt], enable_checkpointing=True)
     dl = loader(module)
     run.fit(module, dl)
     before = {n: p.detach().clone() for n, p in module.named_parameters()}
@@ -174,7 +175,7 @@ def test_lora_learns_checkpoints_adapters_only_and_resumes_exactly(tmp_path: Pat
 
     # resume from step 2 up to step 4 == the uninterrupted run at step 4 (weights and AdamW moments)
     resumed = lora_module()
-    trainer(4).fit(resumed, loader(resumed), ckpt_path=step2, weights_only=True)
+    trainer(4, tmp_path).fit(resumed, loader(resumed), ckpt_path=step2, weights_only=True)
     for name, value in adapter_state(resumed).items():
         torch.testing.assert_close(value, saved["state_dict"][name], rtol=1e-5, atol=1e-6)
     moments = resumed.trainer.optimizers[0].state_dict()["state"]
@@ -212,7 +213,7 @@ def test_qlora_trains_on_cpu_with_adapter_only_checkpoint(tmp_path: Path):
     pytest.importorskip("bitsandbytes")
     module = SFTModule(mode="qlora", lr=2e-3, lora_dropout=0.0)
     losses = Losses()
-    run = trainer(2, callbacks=[losses], enable_checkpointing=False)
+    run = trainer(2, tmp_path, callbacks=[losses])
     run.fit(module, loader(module, n=2))
     assert len(losses.losses) == 2 and all(math.isfinite(x) for x in losses.losses)
     assert type(module.model.base_model.model.model.layers[0].self_attn.q_proj.base_layer).__name__ == "Linear4bit"
@@ -226,7 +227,7 @@ def test_qlora_trains_on_cpu_with_adapter_only_checkpoint(tmp_path: Path):
 def test_full_finetuning_steps_and_exports_full_weights(tmp_path: Path):
     module = SFTModule(mode="full", lr=1e-5, warmup_ratio=0.0)
     losses = Losses()
-    run = trainer(2, callbacks=[losses], enable_checkpointing=False)
+    run = trainer(2, tmp_path, callbacks=[losses])
     run.fit(module, loader(module, n=2))
     assert len(losses.losses) == 2 and losses.losses[1] < losses.losses[0]
     assert all(p.requires_grad for p in module.parameters())
