@@ -12,9 +12,8 @@ parameters), so a YAML config is checked against the live code: unknown keys are
 
 from __future__ import annotations
 
-import sys
-
 import argparse
+import sys
 
 from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter
 

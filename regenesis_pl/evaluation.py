@@ -120,8 +120,7 @@ def write_eval_report(result: EvalResult, run_dir: str, title: str = "Evaluation
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps({**result.to_json(), "meta": meta or {}}, indent=2))
     with open(out / "eval_records.jsonl", "w") as f:
-        for r in result.records:
-            f.write(json.dumps(r) + "\n")
+        f.writelines(json.dumps(r) + "\n" for r in result.records)
     (out / "eval.md").write_text(result.to_markdown(title))
 
 
