@@ -26,7 +26,6 @@ import logging
 import sys
 
 import yaml
-
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 

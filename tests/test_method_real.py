@@ -42,10 +42,15 @@ def test_real_round_fills_lineage_and_consistent_stats(engine):
     hinted = [c for c in result.candidates if c.hint]
     assert len(main) == 12
     for c in result.candidates:
-        assert c.adapted and c.structure and c.guideline_id and c.meta["guideline_ids"] == [c.guideline_id]
-        assert set(c.meta["finish"]) == {"adapt", "structure", "path"}
-        assert 0 < c.path_tokens <= 96 and c.tokens > c.path_tokens
-        assert c.verdict is not Verdict.PENDING
+        where = f"{c.question_id}/{c.guideline_id}/hint={c.hint}: {c.to_dict()}"
+        assert c.guideline_id and c.meta["guideline_ids"] == [c.guideline_id], where
+        assert set(c.meta["finish"]) == set(c.meta["stage_tokens"]) == {"adapt", "structure", "path"}, where
+        assert 1 <= c.meta["stage_tokens"]["path"] == c.path_tokens <= 96, where
+        assert c.tokens == sum(c.meta["stage_tokens"].values()), where
+        assert c.verdict is not Verdict.PENDING, where
+    # A sampled stage may end at once (EOS); most adapted guidelines and structures still carry text.
+    assert sum(bool(c.adapted) for c in result.candidates) >= 0.75 * len(result.candidates)
+    assert sum(bool(c.structure) for c in result.candidates) >= 0.75 * len(result.candidates)
     solved_main = {c.question_id for c in main if c.kept}
     assert {c.question_id for c in hinted} == {q.id for q in QUESTIONS} - solved_main
     assert len(hinted) == 3 * (len(QUESTIONS) - len(solved_main))
@@ -53,9 +58,9 @@ def test_real_round_fills_lineage_and_consistent_stats(engine):
     for c in result.kept:  # kept paths really match the gold answer and respect the caps
         assert grade(c.path, by_id[c.question_id]).correct and c.meta["finish"]["path"] == "stop"
     s = json.loads(json.dumps(result.stats))
-    assert s["candidates"] == len(result.candidates) == sum(s["verdicts"].values())
+    assert s["candidates"] == len(result.candidates) == sum(s["verdicts"].values()), s["verdicts"]
     assert s["kept"] == len(result.kept) and s["questions_solved"] == len({c.question_id for c in result.kept})
-    assert s["tokens"]["engine_calls"]["adapt"] == (2 if hinted else 1)
+    assert s["tokens"]["engine_calls"]["adapt"] == (2 if hinted else 1), s["tokens"]
     assert s["tokens"]["generated_tokens"]["path"] == sum(c.path_tokens for c in result.candidates)
     assert s["hint"]["questions"] == len(QUESTIONS) - len(solved_main)
     assert sum(v["candidates"] for v in s["guidelines"].values()) == len(result.candidates)

@@ -62,6 +62,7 @@ def test_stage_major_one_call_per_stage_and_full_lineage():
         assert c.guideline_id in guideline_ids and c.meta["guideline_ids"] == [c.guideline_id]
         assert c.adapted and c.structure.startswith("1.") and c.path.endswith("}")
         assert set(c.meta["finish"]) == {"adapt", "structure", "path"}
+        assert c.meta["stage_tokens"] == {"adapt": 8, "structure": 7, "path": c.path_tokens}
         assert c.tokens == 8 + 7 + c.path_tokens and c.path_tokens == len(c.path.split())
     assert {c.question_id for c in result.kept} == {"q0", "q2", "q4"}
     assert all(c.verdict == Verdict.WRONG for c in result.candidates if c.question_id in ("q1", "q3"))

@@ -54,7 +54,8 @@ def _new_record(question: Question, guideline_id: str, guidelines: Sequence[Guid
                 hint: bool) -> Candidate:
     return Candidate(question_id=question.id, task=question.task, method="regenesis", round=round,
                      guideline_id=guideline_id, hint=hint,
-                     meta={"guideline_ids": [g.id for g in guidelines], "finish": {}, "hint_stages": []})
+                     meta={"guideline_ids": [g.id for g in guidelines], "finish": {}, "stage_tokens": {},
+                           "hint_stages": []})
 
 
 def paper_drafts(questions: Sequence[Question], guidelines: Sequence[Guideline], per_question: int | None = None,
@@ -125,6 +126,7 @@ def hint_drafts(drafts: Sequence[Draft]) -> list[Draft]:
 
 def _note(record: Candidate, stage: str, finish: str, tokens: int, show_hint: bool) -> None:
     record.meta["finish"][stage] = finish
+    record.meta["stage_tokens"][stage] = tokens
     record.tokens += tokens
     if show_hint:
         record.meta["hint_stages"].append(stage)
