@@ -1,7 +1,7 @@
 """Test-suite policy: fast tests first, slow tests (real model, real engines) after them, within a time budget.
 
 CI runs everything, but the machine is shared and small: once ``REGENESIS_TEST_BUDGET_S`` seconds (default
-4200) have passed since the session started, the remaining slow tests are skipped with an explicit reason,
+3300) have passed since the session started, the remaining slow tests are skipped with an explicit reason,
 and the skips are counted in pytest's summary. GPU tests skip without CUDA.
 """
 
@@ -32,7 +32,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_runtest_setup(item):
-    budget = float(os.environ.get("REGENESIS_TEST_BUDGET_S", "3600"))
+    budget = float(os.environ.get("REGENESIS_TEST_BUDGET_S", "3300"))
     spent = time.monotonic() - _START
     if "slow" in item.keywords and spent > budget:
         pytest.skip(f"test time budget spent ({spent:.0f} s > REGENESIS_TEST_BUDGET_S={budget:.0f} s)")
