@@ -11,9 +11,10 @@ from regenesis_pl.engines.base import Conversation
 from regenesis_pl.tasks.types import AnswerType, Question
 
 ANSWER_FORMAT = {
-    AnswerType.NUMERIC: "End with the final answer as a number in \\boxed{}, e.g. \\boxed{42}.",
-    AnswerType.MULTIPLE_CHOICE: "End with the letter of the correct option in \\boxed{}, e.g. \\boxed{B}.",
-    AnswerType.YES_NO: "End with the final answer, yes or no, in \\boxed{}, e.g. \\boxed{yes}.",
+    # No concrete example value: a small model copies it ("\\boxed{42}" became its most common answer).
+    AnswerType.NUMERIC: "End with the final answer as a number inside \\boxed{}.",
+    AnswerType.MULTIPLE_CHOICE: "End with the letter of the correct option inside \\boxed{}.",
+    AnswerType.YES_NO: "End with the final answer, yes or no, inside \\boxed{}.",
     AnswerType.FREE_TEXT: "End with the final answer in \\boxed{}.",
 }
 

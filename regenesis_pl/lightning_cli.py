@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -112,7 +113,9 @@ def _cli_kwargs() -> dict:
 def check_fit_config(args: list[str]):
     """Parse fit arguments (e.g. ``["--config", "configs/smoke_cpu.yaml"]``) against the live classes and
     return the namespace; nothing is instantiated. Bad keys or types exit with LightningCLI's error."""
-    return _ConfigCheck(**_cli_kwargs(), args=list(args), run=False).config
+    with warnings.catch_warnings():  # LightningCLI warns when a process's own argv is also non-empty
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        return _ConfigCheck(**_cli_kwargs(), args=list(args), run=False).config
 
 
 def _show_progress_messages() -> None:

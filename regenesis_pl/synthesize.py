@@ -32,7 +32,7 @@ from regenesis_pl.tasks.registry import TaskConfig, load_questions
 from regenesis_pl.tasks.types import Question
 
 # SynthesisConfig fields that only decide which generated paths are kept (not what is generated).
-FILTER_ONLY = ("use_gold", "min_agreement", "judge", "max_path_tokens", "max_paths_per_question",
+FILTER_ONLY = ("require_boxed", "use_gold", "min_agreement", "judge", "max_path_tokens", "max_paths_per_question",
                "dedup_threshold", "chunk_size")
 
 

@@ -132,12 +132,13 @@ class EngineCallback(Callback):
             return False, 0.0
         start = time.perf_counter()
         adapter_only = getattr(pl_module, "adapter_only", True)
-        if trainer.global_step == 0 and self._pushed_key is None:
-            # Step 0 of a fresh fit: the module holds the base weights (new LoRA adapters have B = 0) and the
-            # engine was built from them: nothing to transfer.
+        if trainer.global_step == 0 and trainer.ckpt_path is None and self._pushed_key is None:
+            # Step 0 without a checkpoint: the module holds the base weights (new LoRA adapters have B = 0) and
+            # the engine was built from them: nothing to transfer.
             self._pushed_key = key
             return False, 0.0
-        name = f"round{self._round_of(trainer)}-step{trainer.global_step}"
+        stage = getattr(trainer.state.fn, "value", trainer.state.fn)
+        name = f"round{self._round_of(trainer)}-step{trainer.global_step}" if stage == "fit" else str(stage)
         if adapter_only:
             folder = pl_module.save_adapter(self.run_dir / "adapters" / name)
             trainer.strategy.barrier("regenesis-push")

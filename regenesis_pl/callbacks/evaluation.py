@@ -198,6 +198,7 @@ class EvaluationCallback(Callback):
         self._evaluate_loaded(trainer, pl_module, "test")
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
+        stage = str(getattr(stage, "value", stage))
         if stage in ("validate", "test") and self._evaluated_stage != stage:
             self._evaluate_loaded(trainer, pl_module, stage)
         self._evaluated_stage = None

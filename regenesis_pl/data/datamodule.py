@@ -48,7 +48,10 @@ def epochs_per_round_of(trainer) -> int:
 
 
 def round_of(trainer) -> int:
-    """The self-improvement round (0-based) the Trainer is in."""
+    """The self-improvement round (0-based) the Trainer is in (validate/test: the loaded checkpoint's round)."""
+    datamodule = getattr(trainer, "datamodule", None)
+    if isinstance(datamodule, ReGenesisDataModule):
+        return datamodule.current_round
     return trainer.current_epoch // epochs_per_round_of(trainer)
 
 
@@ -130,6 +133,7 @@ class ReGenesisDataModule(LightningDataModule):
         self._val: SFTDataset | None = None
         self._reset_done: set[int] = set()
         self._resumed = False
+        self._checkpoint_epoch: int | None = None
         self.round_info: dict[int, dict[str, Any]] = {}
 
     # ------------------------------------------------------------------------------ configuration identity
@@ -146,16 +150,22 @@ class ReGenesisDataModule(LightningDataModule):
     def state_dict(self) -> dict[str, Any]:
         """Saved in every checkpoint: the configuration hash (checked on resume) and the rounds made so far."""
         config = self.run_config()
-        return {"config_hash": config_hash(config), "config": config, "round_info": self.round_info}
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        return {"config_hash": config_hash(config), "config": config, "round_info": self.round_info, "epoch": epoch}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Refuse a checkpoint written by another configuration (one line naming the differing settings)."""
+        """When fitting, refuse a checkpoint written by another configuration (one line naming the differing
+        settings); validate/test only warn."""
         changed = self._changes_from(state_dict.get("config"), state_dict.get("config_hash"), "checkpoint")
-        if changed:
+        fitting = self.trainer is None or self.trainer.state.fn == "fit"
+        if changed and not fitting:  # validate/test only read the weights: say it, do not refuse
+            log.warning("checkpoint was written by another configuration (differs in: %s)", ", ".join(changed[:8]))
+        elif changed:
             raise ValueError(f"checkpoint was written by another configuration (differs in: "
                              f"{', '.join(changed[:8])}); resume with the config it was made with, or start a new "
                              "run_dir without --ckpt_path")
         self._resumed = True
+        self._checkpoint_epoch = state_dict.get("epoch")
         self.round_info = {int(k): v for k, v in state_dict.get("round_info", {}).items()}
 
     def _changes_from(self, old: dict | None, old_hash: str | None, what: str) -> list[str]:
@@ -183,8 +193,13 @@ class ReGenesisDataModule(LightningDataModule):
     # ------------------------------------------------------------------------------ rounds
     @property
     def current_round(self) -> int:
-        """Round of the Trainer's current epoch (0 before fitting)."""
-        return 0 if self.trainer is None else self.trainer.current_epoch // self.epochs_per_round
+        """Round of the Trainer's current epoch (0 before fitting); validate/test: the round of the loaded
+        checkpoint (their loops do not restore the epoch)."""
+        if self.trainer is None:
+            return 0
+        if self.trainer.state.fn != "fit" and self._checkpoint_epoch is not None:
+            return min(self._checkpoint_epoch // self.epochs_per_round, self.rounds - 1)
+        return self.trainer.current_epoch // self.epochs_per_round
 
     def questions(self):
         """The training questions (loaded once)."""
