@@ -62,8 +62,8 @@ def _label(round_: int) -> str:
     return "base" if round_ < 0 else f"round {round_}"
 
 
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
+def _pct(x: float | None, digits: int = 1) -> str:
+    return "-" if x is None else f"{100 * x:.{digits}f}%"
 
 
 def _accuracy_table(evals: dict[int, dict[str, Any]]) -> list[str]:
@@ -124,7 +124,7 @@ def _timings_table(timings: dict[str, Any]) -> list[str]:
              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for key, r in sorted(timings.get("rounds", {}).items(), key=lambda kv: int(kv[0])):
         lines.append(f"| {key} | {r['seconds']:.1f} | {r['pushes']} | {r['push_s']:.2f} | {r['wake_s']:.2f} | "
-                     f"{r['sleep_s']:.2f} | {r['use_s']:.1f} | {_pct(r['push_share'])} |")
+                     f"{r['sleep_s']:.2f} | {r['use_s']:.1f} | {_pct(r['push_share'], 2)} |")
     return lines
 
 

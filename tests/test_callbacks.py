@@ -114,7 +114,7 @@ def test_report_tables_and_plots(tmp_path):
     assert "| strategyqa | OOD |" in text
     assert "Best round by mean in-domain accuracy: **1** (40.0%); base: 10.0%." in text
     assert "| 1 | 8 | 5 | 2 | 6 / 3 | 24 | 50.0% | 11 |" in text
-    assert "| 0 | 120.0 | 1 | 0.60 |" in text and "| 0.5% |" in text
+    assert "| 0 | 120.0 | 1 | 0.60 |" in text and "| 0.50% |" in text
     for name in ("accuracy_per_round", "guideline_accept_rates", "paths_kept_per_round"):
         png = tmp_path / "plots" / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name

@@ -64,13 +64,21 @@ def test_two_rounds_are_evaluated_logged_and_reported(smoke):
         assert ev["in_domain"] == [task] and ev["per_task"][task]["n"] == 8, name
         assert 0.0 <= ev["per_task"][task]["accuracy"] <= 1.0
     assert [evals[n]["round"] for n in ("base", "round0", "round1")] == [-1, 0, 1]
+    # every_n_steps: 2 -> an evaluation at every even step that does not end a round
+    round_ends = {evals["round0"]["step"], evals["round1"]["step"]}
+    periodic = {int(p.stem[4:]) for p in (run / "eval").glob("step*.json")}
+    assert periodic == {s for s in range(2, evals["round1"]["step"] + 1, 2) if s not in round_ends}
+    for step in periodic:
+        assert _json(run / "eval" / f"step{step}.json")["kind"] == "periodic"
     # the same metrics reached the Lightning logger, for every round
     import csv
 
     with open(next((run / "logs").glob("version_*/metrics.csv"))) as f:
         rows = list(csv.DictReader(f))
-    logged = {float(r["eval/round"]): float(r[f"eval/{task}/accuracy"]) for r in rows if r.get("eval/round")}
-    assert logged == {float(ev["round"]): ev["per_task"][task]["accuracy"] for ev in evals.values()}
+    logged = {(float(r["eval/round"]), int(r["step"])): float(r[f"eval/{task}/accuracy"])
+              for r in rows if r.get("eval/round")}
+    for ev in evals.values():
+        assert logged[(float(ev["round"]), ev["step"])] == ev["per_task"][task]["accuracy"]
     assert all(r.get(f"eval/{task}/parse_rate") for r in rows if r.get("eval/round"))
     assert any(r.get("train/loss") for r in rows)
     report = (run / "report.md").read_text()
