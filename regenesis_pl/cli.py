@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         run_fit_cli(argv)
         return 0
     parser = build_parser()
-    cfg = parser.instantiate_classes(parser.parse_args(argv))
+    cfg = parser.instantiate(parser.parse_args(argv))
     try:
         return _run(cfg)
     except (ValueError, FileNotFoundError) as err:
