@@ -38,6 +38,16 @@ def test_module_rejects_bad_settings():
         SFTModule(scheduler="step")
 
 
+def test_qlora_without_bitsandbytes_names_the_extra(monkeypatch):
+    import sys
+
+    from regenesis_pl.model.build import _nf4_config
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import now raises ImportError, as if not installed
+    with pytest.raises(ImportError, match=r"mode='qlora' needs bitsandbytes: pip install 'regenesis_pl\[qlora\]'"):
+        _nf4_config(torch.float32)
+
+
 def test_strategy_refuses_combinations_that_cannot_work():
     with pytest.raises(ValueError, match="fsdp with mode=qlora"):
         check_strategy("fsdp", "qlora", device_type="cuda", num_processes=2)
