@@ -161,6 +161,9 @@ def summary_markdown(stats: dict) -> str:
         ("kept paths", stats.get("kept")),
         ("kept paths per question (mean / max)",
          f"{stats.get('kept_per_question', {}).get('mean')} / {stats.get('kept_per_question', {}).get('max')}"),
+        *([("majority-voted kept paths matching the unused gold answer",
+            f"{gold['matching']} / {gold['checked']} ({gold['rate']:.1%})")]
+          if (gold := stats.get("majority_kept_matching_gold")) else []),
         ("distinct-1 / distinct-2 of kept paths", f"{stats.get('distinct_1')} / {stats.get('distinct_2')}"),
         ("generated tokens (all stages)", tokens.get("total_generated_tokens")),
         ("wall time (s)", speed.get("wall_seconds")),

@@ -155,6 +155,7 @@ def test_majority_vote_round_needs_no_gold():
     assert len(engine.calls) == 3  # no hint pass without gold answers
     assert {c.verdict for c in result.candidates} == {Verdict.MAJORITY}
     assert result.stats["questions_solved"] == 3
+    assert result.stats["majority_kept_matching_gold"] is None  # no gold answers to compare with
 
 
 def test_stats_are_consistent_and_json():
@@ -167,6 +168,7 @@ def test_stats_are_consistent_and_json():
     assert s["tokens"]["generated_tokens"]["path"] == sum(c.path_tokens for c in result.candidates)
     assert 0 < s["distinct_1"] <= 1 and 0 < s["distinct_2"] <= 1 and s["boxed_rate"] == 1.0
     assert s["config"]["hint_stages"] == ["adapt", "structure"] and s["method"] == "regenesis"
+    assert s["majority_kept_matching_gold"] is None  # gold-filtered: nothing was chosen by vote
 
 
 def test_star_rationalizes_failures_with_few_shot_prompts():
@@ -185,6 +187,12 @@ def test_lmsi_uses_majority_vote_only():
     assert len(engine.calls) == 1 and engine.calls[0]["sampling"].n == 3
     assert {c.verdict for c in result.candidates} == {Verdict.MAJORITY}
     assert result.stats["kept"] == 15
+    # the vote never saw the gold answers; the summary still says how many kept paths match them: the toy
+    # engine answers questions with an odd first number wrongly (a unanimous, wrong majority)
+    right = sum(int(re.findall(r"\d+", c.path)[0]) % 2 == 0 for c in result.kept)
+    assert 0 < right < 15
+    assert result.stats["majority_kept_matching_gold"] == {"checked": 15, "matching": right,
+                                                           "rate": round(right / 15, 4)}
 
 
 def test_gt_sft_uses_rationales_and_counts_skips():

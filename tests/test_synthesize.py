@@ -227,3 +227,11 @@ def test_cli_exits_2_on_an_empty_round(tmp_path, capsys):
     assert code == 2
     assert "kept 0 paths: 1 questions" in capsys.readouterr().err
     assert json.loads((tmp_path / "run" / "round-0" / "summary.json").read_text())["kept"] == 0
+
+
+def test_summary_shows_majority_precision_only_when_measured():
+    base = {"round": 0, "method": "lmsi", "questions": 2, "kept": 3}
+    line = "| majority-voted kept paths matching the unused gold answer | 2 / 3 (66.7%) |"
+    assert line in summary_markdown({**base, "majority_kept_matching_gold": {"checked": 3, "matching": 2,
+                                                                              "rate": 0.6667}})
+    assert "unused gold answer" not in summary_markdown({**base, "majority_kept_matching_gold": None})

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 from regenesis_pl.method.filters import normalize
 from regenesis_pl.method.records import Candidate, Verdict
 from regenesis_pl.method.usage import TokenLedger
+from regenesis_pl.tasks.grading import grade
 from regenesis_pl.tasks.types import Question
 
 # Verdicts reached only by paths whose answer passed the answer check (gold match or majority).
@@ -40,6 +41,21 @@ def guideline_utilization(candidates: Sequence[Candidate]) -> dict[str, dict]:
             row["kept"] += c.kept
     return {gid: {**row, "accept_rate": round(row["accepted"] / row["candidates"], 4)}
             for gid, row in sorted(table.items())}
+
+
+def majority_gold_check(kept: Sequence[Candidate], questions: Sequence[Question]) -> dict | None:
+    """How many majority-voted kept paths also match the gold answer (which the vote did not use).
+
+    A diagnostic of the vote's precision when the task has gold answers (LMSI on a benchmark); None when no
+    kept path was chosen by majority vote or no such path's question has a gold answer.
+    """
+    by_id = {q.id: q for q in questions}
+    voted = [c for c in kept if Verdict(c.verdict) is Verdict.MAJORITY
+             and by_id.get(c.question_id) is not None and by_id[c.question_id].answer is not None]
+    if not voted:
+        return None
+    matching = sum(grade(c.path, by_id[c.question_id]).correct for c in voted)
+    return {"checked": len(voted), "matching": matching, "rate": round(matching / len(voted), 4)}
 
 
 def round_stats(candidates: Sequence[Candidate], questions: Sequence[Question], ledger: TokenLedger,
@@ -78,6 +94,7 @@ def round_stats(candidates: Sequence[Candidate], questions: Sequence[Question], 
             "max": max(kept_per_q.values(), default=0),
             "histogram": {str(k): hist[k] for k in sorted(hist)},
         },
+        "majority_kept_matching_gold": majority_gold_check(kept, questions),
         "kept_path_tokens_mean": round(sum(c.path_tokens for c in kept) / len(kept), 2) if kept else 0.0,
         "distinct_1": distinct_n((c.path for c in kept), 1),
         "distinct_2": distinct_n((c.path for c in kept), 2),
