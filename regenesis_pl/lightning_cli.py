@@ -65,7 +65,7 @@ class ReGenesisCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
         for source in config.get("config") or []:
-            raw = yaml.safe_load(source.get_content()) or {}
+            raw = yaml.safe_load(source.read_text()) or {}
             for key, origin in LINKED.items():
                 section, _, name = key.partition(".")
                 if isinstance(raw.get(section), dict) and name in raw[section]:
