@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 EVAL_DIR = "eval"
+STOP_FILE = "stopped.json"  # written by the evaluation callback when eval gating (``patience``) ends a fit
 TIMINGS_FILE = "engine_timings.json"
 REPORT_FILE = "report.md"
 PLOTS_DIR = "plots"
@@ -99,6 +100,15 @@ def _accuracy_table(evals: dict[int, dict[str, Any]]) -> list[str]:
         lines += ["", (f"Best round by mean in-domain accuracy: **{best}** ({_pct(trained[best])}); "
                       f"base: {_pct(evals.get(-1, {}).get('in_domain_mean'))}.")]
     return lines
+
+
+def _stop_line(run_dir: Path) -> list[str]:
+    stop = _read_json(run_dir / EVAL_DIR / STOP_FILE)
+    if stop is None:
+        return []
+    return ["", (f"Stopped early after round {stop['after_round']}: {stop['rounds_without_gain']} round(s) without a "
+                 f"gain over {_pct(stop['bar'])} (patience {stop['patience']}); use round {stop['best_round']}'s "
+                 "export.")]
 
 
 def _synthesis_table(stats: dict[int, dict[str, Any]]) -> list[str]:
@@ -221,6 +231,7 @@ def write_report(run_dir: str | Path, title: str | None = None) -> Path:
     lines = [f"# ReGenesis run report: {title or run_dir.name}", "", f"Run directory: `{run_dir}`", ""]
     lines += ["## Accuracy per task and round", ""]
     lines += _accuracy_table(evals) if evals else ["No evaluation was written (eval/ is empty)."]
+    lines += _stop_line(run_dir)
     lines += ["", "## Synthesis per round", ""]
     lines += _synthesis_table(stats) if stats else ["No synthesis statistics were written (no round-*/summary.json)."]
     lines += ["", "## Weight push and engine timings", ""]

@@ -126,3 +126,81 @@ def test_report_says_what_is_missing(tmp_path):
     assert "No evaluation was written" in text and "No synthesis statistics" in text
     with pytest.raises(FileNotFoundError, match="does not exist"):
         write_report(tmp_path / "nope")
+
+
+def test_eval_gating_stops_after_patience_rounds_without_gain(tmp_path):
+    from regenesis_pl.callbacks.evaluation import EvaluationCallback
+
+    with pytest.raises(ValueError, match="evaluation.patience=0"):
+        EvaluationCallback(in_domain=[TaskConfig(name="arithmetic")], patience=0)
+    cb = EvaluationCallback(in_domain=[TaskConfig(name="arithmetic")], patience=2, run_dir=str(tmp_path))
+    trainer = SimpleNamespace(should_stop=False, is_global_zero=True)
+    cb.history = [{"kind": "base", "in_domain_mean": 0.30}]
+    stops = []
+    for k, score in enumerate([0.50, 0.40, 0.50]):  # round 2 only ties the best: no gain
+        cb.history.append({"kind": "round", "in_domain_mean": score})
+        cb.record_round(trainer, k, score)
+        stops.append(trainer.should_stop)
+    assert stops == [False, False, True] and cb.stopped_after == 2
+    assert (cb.best_round, cb.best_score, cb.rounds_without_gain) == (0, 0.50, 2)
+    decision = json.loads((tmp_path / "eval" / "stopped.json").read_text())
+    assert decision["after_round"] == 2 and decision["best_round"] == 0 and decision["bar"] == 0.50
+    # the state survives a checkpoint, and the report says why the run ended early
+    again = EvaluationCallback(in_domain=[TaskConfig(name="arithmetic")], patience=2)
+    again.load_state_dict(cb.state_dict())
+    assert (again.rounds_without_gain, again.stopped_after) == (2, 2)
+    text = write_report(tmp_path).read_text()
+    assert "Stopped early after round 2: 2 round(s) without a gain over 50.0% (patience 2); use round 0's export." \
+        in text
+
+
+def test_eval_gating_counts_a_regression_below_the_base_model():
+    from regenesis_pl.callbacks.evaluation import EvaluationCallback
+
+    cb = EvaluationCallback(in_domain=[TaskConfig(name="arithmetic")], patience=1, run_dir="unused")
+    cb.history = [{"kind": "base", "in_domain_mean": 0.40}, {"kind": "round", "in_domain_mean": 0.25}]
+    trainer = SimpleNamespace(should_stop=False, is_global_zero=False)
+    cb.record_round(trainer, 0, 0.25)
+    assert trainer.should_stop and cb.best_round == 0 and cb.stopped_after == 0
+
+
+def test_eval_gating_ends_a_real_trainer_fit_early(tmp_path):
+    """The stop flag set at a round end ends a real ``Trainer.fit`` there (a tiny model; scores scripted)."""
+    import lightning as L
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from regenesis_pl.callbacks.evaluation import EvaluationCallback
+
+    class Tiny(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, batch_idx):
+            return self.layer(batch[0]).pow(2).mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    class Rounds(L.LightningDataModule):
+        epochs_per_round = 1
+
+        def train_dataloader(self):
+            return DataLoader(TensorDataset(torch.ones(4, 2)), batch_size=2)
+
+    scores = iter([0.5, 0.4, 0.3, 0.9, 0.9])
+
+    class Scripted(EvaluationCallback):
+        def evaluate(self, trainer, pl_module, name, round_k, kind):
+            summary = {"kind": kind, "round": round_k, "in_domain_mean": next(scores)}
+            self.history.append(summary)
+            return summary
+
+    cb = Scripted(in_domain=[TaskConfig(name="arithmetic")], patience=2, evaluate_base=False, run_dir=str(tmp_path),
+                  write_report=False)
+    trainer = L.Trainer(max_epochs=5, callbacks=[cb], logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    trainer.fit(Tiny(), datamodule=Rounds())
+    assert trainer.current_epoch == 3 and cb.stopped_after == 2  # rounds 0-2 ran; rounds 3 and 4 did not
+    assert [h["round"] for h in cb.history] == [0, 1, 2]

@@ -20,6 +20,7 @@ from typing import Any
 
 from lightning.pytorch import Callback
 
+from regenesis_pl.report import STOP_FILE
 from regenesis_pl.tasks.registry import TaskConfig
 
 log = logging.getLogger(__name__)
@@ -41,11 +42,14 @@ class EvaluationCallback(Callback):
         evaluate_base: Evaluate the base model before training starts (skipped when resuming).
         run_dir: Run directory; results go to ``<run_dir>/eval/``.
         write_report: Write ``<run_dir>/report.md`` and its plots when the fit ends.
+        patience: Eval gating: stop the fit once this many consecutive rounds have not raised the mean
+            in-domain accuracy above the best so far (the base model's counts when it was evaluated); the
+            best round's export stays the one to use. None runs every round.
     """
 
     def __init__(self, in_domain: list[TaskConfig], ood: list[TaskConfig] | None = None, max_tokens: int = 512,
                  every_n_steps: int | None = None, evaluate_base: bool = True, run_dir: str = "runs/fit",
-                 write_report: bool = True) -> None:
+                 write_report: bool = True, patience: int | None = None) -> None:
         super().__init__()
         if not in_domain:
             raise ValueError("evaluation.in_domain: give at least one task, e.g. the training task's test split")
@@ -53,6 +57,8 @@ class EvaluationCallback(Callback):
             raise ValueError(f"evaluation.every_n_steps={every_n_steps} must be >= 1 or null")
         if max_tokens < 1:
             raise ValueError(f"evaluation.max_tokens={max_tokens} must be >= 1")
+        if patience is not None and patience < 1:
+            raise ValueError(f"evaluation.patience={patience} must be >= 1 or null")
         self.in_domain = list(in_domain)
         self.ood = list(ood or [])
         self.max_tokens = max_tokens
@@ -60,6 +66,9 @@ class EvaluationCallback(Callback):
         self.evaluate_base = evaluate_base
         self.run_dir = Path(run_dir)
         self.write_report = write_report
+        self.patience = patience
+        self.rounds_without_gain = 0
+        self.stopped_after: int | None = None
         self._questions: list | None = None
         self._kinds: dict[str, str] = {}
         self.history: list[dict[str, Any]] = []
@@ -69,12 +78,15 @@ class EvaluationCallback(Callback):
 
     # ------------------------------------------------------------------------------ checkpoint state
     def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history, "best_round": self.best_round, "best_score": self.best_score}
+        return {"history": self.history, "best_round": self.best_round, "best_score": self.best_score,
+                "rounds_without_gain": self.rounds_without_gain, "stopped_after": self.stopped_after}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = list(state_dict.get("history", []))
         self.best_round = state_dict.get("best_round")
         self.best_score = state_dict.get("best_score")
+        self.rounds_without_gain = state_dict.get("rounds_without_gain", 0)
+        self.stopped_after = state_dict.get("stopped_after")
 
     # ------------------------------------------------------------------------------ questions
     def questions(self) -> list:
@@ -183,10 +195,27 @@ class EvaluationCallback(Callback):
         k = round_of(trainer)
         summary = self.evaluate(trainer, pl_module, f"round{k}", round_k=k, kind="round")
         if summary is not None and summary["in_domain_mean"] is not None:
-            if self.best_score is None or summary["in_domain_mean"] > self.best_score:
-                self.best_round, self.best_score = k, summary["in_domain_mean"]
-            log.info("round %d: mean in-domain accuracy %.1f%% (best: round %d, %.1f%%)", k,
-                     100 * summary["in_domain_mean"], self.best_round, 100 * self.best_score)
+            self.record_round(trainer, k, summary["in_domain_mean"])
+
+    def record_round(self, trainer, k: int, score: float) -> None:
+        """Track the best round and, with ``patience``, stop the fit after too many rounds without a gain."""
+        base = next((h["in_domain_mean"] for h in self.history if h.get("kind") == "base"), None)
+        bar = max((s for s in (self.best_score, base) if s is not None), default=None)
+        if self.best_score is None or score > self.best_score:
+            self.best_round, self.best_score = k, score
+        self.rounds_without_gain = 0 if bar is None or score > bar else self.rounds_without_gain + 1
+        log.info("round %d: mean in-domain accuracy %.1f%% (best: round %d, %.1f%%)", k, 100 * score,
+                 self.best_round, 100 * self.best_score)
+        if self.patience is not None and self.rounds_without_gain >= self.patience:
+            self.stopped_after = k
+            trainer.should_stop = True
+            if trainer.is_global_zero:
+                decision = {"after_round": k, "patience": self.patience, "rounds_without_gain": self.rounds_without_gain,
+                            "bar": bar, "best_round": self.best_round, "best_score": self.best_score}
+                (self.run_dir / "eval").mkdir(parents=True, exist_ok=True)
+                (self.run_dir / "eval" / STOP_FILE).write_text(json.dumps(decision, indent=2))
+            log.info("round %d: %d round(s) without a gain over %.1f%% (patience %d): stopping; use round %d's "
+                     "export", k, self.rounds_without_gain, 100 * bar, self.patience, self.best_round)
 
     # `regenesis validate|test`: accuracy of the loaded weights, after the loss loop (or at teardown when the
     # loop had no batches, e.g. val_fraction=0, and Lightning skipped its hooks).
