@@ -16,6 +16,7 @@ from torchmetrics.aggregation import MeanMetric, SumMetric
 from regenesis_pl.chat import question_messages
 from regenesis_pl.engines.base import Engine, SamplingConfig
 from regenesis_pl.engines.factory import EngineConfig, build_engine, engine_settings
+from regenesis_pl.method.seeding import stable_seed
 from regenesis_pl.tasks.grading import grade
 from regenesis_pl.tasks.registry import TaskConfig, load_questions
 from regenesis_pl.tasks.types import Question
@@ -93,7 +94,11 @@ def evaluate_questions(
     if not gradable:
         raise ValueError(f"evaluate: none of the {len(questions)} questions has a gold answer; nothing to score")
     sampling = SamplingConfig(n=1, temperature=0.0, max_tokens=max_tokens)
-    outputs = engine.generate([question_messages(q) for q in gradable], sampling, progress=progress)
+    # Seeds from each question's identity (greedy ignores them): a stored answer is found again whatever the
+    # question's position in a later, larger or reordered task list.
+    seeds = [stable_seed("evaluate", q.task, q.id) for q in gradable]
+    outputs = engine.generate([question_messages(q) for q in gradable], sampling, request_seeds=seeds,
+                              progress=progress)
     metrics: dict[str, _TaskMetrics] = {}
     counts: dict[str, int] = {}
     records = []
@@ -131,8 +136,13 @@ def run_evaluation(
     engine: EngineConfig | None = None,
     max_tokens: int = 512,
     run_dir: str = "runs/evaluate",
+    flush_every: int = 64,
 ) -> EvalResult:
     """Evaluate a model (optionally with a LoRA adapter) zero-shot on a list of tasks; write a report.
+
+    Generations go through an on-disk store under ``run_dir``, flushed every ``flush_every`` answers: rerun
+    the same command after a kill and only the missing answers are generated (other weights, engine or
+    settings reuse nothing).
 
     Args:
         tasks: Tasks to score, e.g. ``[{name: strategyqa, split: test, limit: 50}]``.
@@ -140,9 +150,12 @@ def run_evaluation(
         adapter: Optional peft LoRA adapter folder served on top of ``model``.
         engine: Generation backend and its settings (vllm by default; "transformers" needs no vLLM).
         max_tokens: New-token budget per answer.
-        run_dir: Where ``eval.json``, ``eval.md`` and ``eval_records.jsonl`` are written.
+        run_dir: Where ``eval.json``, ``eval.md``, ``eval_records.jsonl`` and the generation store go.
+        flush_every: Answers per durable store sub-batch (a kill loses at most one; raise it on GPUs).
     """
     import time
+
+    from regenesis_pl.data.store import CachedEngine, prepare_store_dir
 
     questions = [q for cfg in tasks for q in load_questions(cfg)]
     if not questions:
@@ -150,17 +163,25 @@ def run_evaluation(
     engine_cfg = engine or EngineConfig()
     gen = build_engine(**engine_settings(engine_cfg, model, adapter, command="evaluate"))
     try:
-        start = time.perf_counter()
-        result = evaluate_questions(gen, questions, max_tokens=max_tokens, progress="evaluate")
-        seconds = time.perf_counter() - start
-    finally:
+        store_dir = prepare_store_dir(run_dir, {"command": "evaluate", "model": model, "adapter": adapter,
+                                                "weights_id": gen.weights_id, "engine": engine_cfg.backend})
+        cached = CachedEngine(gen, store_dir, flush_every=flush_every)
+    except BaseException:
         gen.close()
-    tokens = sum(r.get("tokens", 0) for r in result.records)
+        raise
+    try:
+        start = time.perf_counter()
+        result = evaluate_questions(cached, questions, max_tokens=max_tokens, progress="evaluate")
+        seconds = time.perf_counter() - start
+        store = cached.stats()
+    finally:
+        cached.close()  # the store, then the engine
     meta = {"model": model, "adapter": adapter, "engine": engine_cfg.backend, "max_tokens": max_tokens,
-            "seconds": round(seconds, 1), "tokens_per_s": round(tokens / max(seconds, 1e-9), 1),
-            "tasks": [t.name for t in tasks]}
+            "seconds": round(seconds, 1), "tokens_per_s": round(store["generated_tokens"] / max(seconds, 1e-9), 1),
+            "store": {"hits": store["hits"], "misses": store["misses"]}, "tasks": [t.name for t in tasks]}
     write_eval_report(result, run_dir, title=f"Evaluation of {model}" + (f" + {adapter}" if adapter else ""),
                       meta=meta)
-    print(result.to_markdown(f"Evaluation ({engine_cfg.backend}, {seconds:.0f} s, {meta['tokens_per_s']} tok/s)"))
+    print(result.to_markdown(f"Evaluation ({engine_cfg.backend}, {seconds:.0f} s, {meta['tokens_per_s']} "
+                             f"generated tok/s, {store['hits']} answers reused from the store)"))
     print(f"report: {run_dir}/eval.md")
     return result
