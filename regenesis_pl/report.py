@@ -156,8 +156,8 @@ def _plot_accuracy(evals: dict[int, dict[str, Any]], path: Path, plt) -> None:
 
 
 def _plot_guidelines(stats: dict[int, dict[str, Any]], path: Path, plt) -> None:
-    fig, ax = plt.subplots(figsize=(max(7, 0.35 * 25), 4))
     ids = sorted({g for s in stats.values() for g in s.get("guidelines", {})}, key=lambda g: (len(g), g))
+    fig, ax = plt.subplots(figsize=(max(7, 0.35 * len(ids)), 4))
     width = 0.8 / max(1, len(stats))
     for i, (r, s) in enumerate(stats.items()):
         rates = [100 * s.get("guidelines", {}).get(g, {}).get("accept_rate", 0.0) for g in ids]
@@ -188,15 +188,20 @@ def _plot_kept(stats: dict[int, dict[str, Any]], path: Path, plt) -> None:
     plt.close(fig)
 
 
-def write_plots(run_dir: str | Path) -> list[Path]:
-    """Write the PNG plots the data allows into ``<run_dir>/plots``; returns the files written."""
+def write_plots(run_dir: str | Path, evals: dict[int, dict[str, Any]] | None = None,
+                stats: dict[int, dict[str, Any]] | None = None) -> list[Path]:
+    """Write the PNG plots the data allows into ``<run_dir>/plots``; returns the files written.
+
+    ``evals`` and ``stats`` (as ``load_evaluations`` / ``load_round_stats`` return them) are read from the run
+    directory when not given."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     run_dir = Path(run_dir)
-    evals, stats = load_evaluations(run_dir), load_round_stats(run_dir)
+    evals = load_evaluations(run_dir) if evals is None else evals
+    stats = load_round_stats(run_dir) if stats is None else stats
     out = run_dir / PLOTS_DIR
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -227,7 +232,7 @@ def write_report(run_dir: str | Path, title: str | None = None) -> Path:
         raise FileNotFoundError(f"report: run directory {run_dir} does not exist; pass the run_dir of a fit run")
     evals, stats = load_evaluations(run_dir), load_round_stats(run_dir)
     timings = _read_json(run_dir / TIMINGS_FILE)
-    plots = write_plots(run_dir)
+    plots = write_plots(run_dir, evals, stats)
     lines = [f"# ReGenesis run report: {title or run_dir.name}", "", f"Run directory: `{run_dir}`", ""]
     lines += ["## Accuracy per task and round", ""]
     lines += _accuracy_table(evals) if evals else ["No evaluation was written (eval/ is empty)."]

@@ -28,9 +28,10 @@ from typing import Any
 
 from lightning.pytorch import Callback
 
+from regenesis_pl.report import TIMINGS_FILE
+
 log = logging.getLogger(__name__)
 
-TIMINGS_FILE = "engine_timings.json"
 
 
 class EngineCallback(Callback):

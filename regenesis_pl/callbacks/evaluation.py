@@ -196,6 +196,8 @@ class EvaluationCallback(Callback):
         summary = self.evaluate(trainer, pl_module, f"round{k}", round_k=k, kind="round")
         if summary is not None and summary["in_domain_mean"] is not None:
             self.record_round(trainer, k, summary["in_domain_mean"])
+        if self.patience is not None:  # the decision is rank 0's (it evaluates); every rank must stop with it
+            trainer.should_stop = bool(trainer.strategy.broadcast(trainer.should_stop, src=0))
 
     def record_round(self, trainer, k: int, score: float) -> None:
         """Track the best round and, with ``patience``, stop the fit after too many rounds without a gain."""

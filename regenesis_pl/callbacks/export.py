@@ -83,8 +83,11 @@ class ExportCallback(Callback):
         written = [folder]
         if self.merged and getattr(pl_module, "adapter_only", False):
             written.append(pl_module.export_hf(self.run_dir / "export" / f"round{k}-merged", merged=True))
+        # on every rank: under FSDP the fingerprint gathers the full weights (a collective call)
+        fingerprint = getattr(pl_module, "trainable_state_fingerprint", None)
+        trainable = fingerprint() if callable(fingerprint) else None
         if trainer.is_global_zero:
-            meta = self._meta(trainer, pl_module, k)
+            meta = self._meta(trainer, pl_module, k, trainable)
             meta["seconds"] = round(time.perf_counter() - start, 2)
             for path in written:
                 (Path(path) / EXPORT_META).write_text(json.dumps({**meta, "merged": path != folder}, indent=2))
@@ -92,13 +95,12 @@ class ExportCallback(Callback):
         self.exports[k] = str(folder)
         return folder
 
-    def _meta(self, trainer, pl_module, k: int) -> dict[str, Any]:
+    def _meta(self, trainer, pl_module, k: int, trainable_fingerprint: str | None) -> dict[str, Any]:
         hparams = dict(getattr(pl_module, "hparams", {}) or {})
-        fingerprint = getattr(pl_module, "trainable_state_fingerprint", None)
         meta: dict[str, Any] = {
             "round": k, "step": trainer.global_step, "epoch": trainer.current_epoch,
             "mode": getattr(pl_module, "mode", hparams.get("mode")), "base_model": str(hparams.get("model")),
-            "trainable_fingerprint": fingerprint() if callable(fingerprint) else None,
+            "trainable_fingerprint": trainable_fingerprint,
             "trainable_params": sum(p.numel() for p in pl_module.parameters() if p.requires_grad),
         }
         evaluation = self.run_dir / "eval" / f"round{k}.json"

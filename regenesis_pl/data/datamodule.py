@@ -34,6 +34,7 @@ from regenesis_pl.data.sft import (
     encode_conversations,
     split_train_val,
 )
+from regenesis_pl.data.store import config_differences
 from regenesis_pl.method.synthesis import SynthesisConfig
 from regenesis_pl.tasks.registry import TaskConfig
 
@@ -176,8 +177,8 @@ class ReGenesisDataModule(LightningDataModule):
             return []
         if not old:
             return ["unknown settings (no configuration saved beside the hash)"]
-        changed = _differences(old or {}, current)
-        added = [key for key in changed if _lookup(old or {}, key) is _MISSING]
+        changed = config_differences(old, current)
+        added = [key for key in changed if _lookup(old, key) is _MISSING]
         if not changed or len(added) < len(changed):
             return [key for key in changed if key not in added] or ["unknown settings"]
         log.warning("%s predates the settings %s (a newer regenesis_pl); using their current values", what,
@@ -354,11 +355,3 @@ def _lookup(config: Any, dotted: str) -> Any:
         config = config[part]
     return config
 
-
-def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        out = []
-        for key in sorted(set(old) | set(new)):
-            out += _differences(old.get(key), new.get(key), f"{prefix}{key}.")
-        return out
-    return [] if old == new else [prefix.rstrip(".")]

@@ -26,6 +26,7 @@ from typing import Any
 
 from regenesis_pl.chat import render_prompt
 from regenesis_pl.engines.base import Completion, Conversation, Engine, RequestOutput, SamplingConfig
+from regenesis_pl.engines.requests import resolve_request_seeds
 
 log = logging.getLogger(__name__)
 
@@ -131,16 +132,17 @@ class GenerationStore:
 
     def append(self, items: Sequence[tuple[str, RequestOutput, dict[str, Any]]]) -> None:
         """Append ``(key, output, info)`` records, then flush and fsync (durable before returning)."""
-        chunks = []
+        chunks, offset = [], self._size
         for key, out, info in items:
             line = (json.dumps({"key": key, **info, **_output_to_json(out)}, ensure_ascii=False) + "\n")
             encoded = line.encode("utf-8")
-            self._index[key] = (self._size + sum(len(c) for c in chunks), len(encoded))
+            self._index[key] = (offset, len(encoded))
             chunks.append(encoded)
+            offset += len(encoded)
         self._writer.write(b"".join(chunks))
         self._writer.flush()
         os.fsync(self._writer.fileno())
-        self._size += sum(len(c) for c in chunks)
+        self._size = offset
 
     def close(self) -> None:
         for f in (self._writer, self._reader):
@@ -230,11 +232,7 @@ class CachedEngine:
         progress: str | None = None,
     ) -> list[RequestOutput]:
         """Like ``Engine.generate``; requests already in the store are not generated again."""
-        if request_seeds is None:
-            request_seeds = [sampling.seed + i for i in range(len(conversations))]
-        elif len(request_seeds) != len(conversations):
-            raise ValueError(f"CachedEngine.generate: {len(request_seeds)} request_seeds for "
-                             f"{len(conversations)} conversations; give one seed per conversation")
+        request_seeds = resolve_request_seeds(len(conversations), sampling, request_seeds)
         weights = self.engine.weights_id
         keys = [request_key(weights, render_prompt(self.tokenizer, conv), sampling, seed)
                 for conv, seed in zip(conversations, request_seeds)]
@@ -315,15 +313,14 @@ def _describe(meta: dict[str, Any]) -> str:
     return " ".join(f"{k}={meta.get(k)}" for k in keys if k in meta)
 
 
-def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
-    out = []
-    for k in sorted(set(old) | set(new)):
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out.extend(_differences(a, b, f"{prefix}{k}."))
-        elif a != b:
-            out.append(f"{prefix}{k}")
-    return out
+def config_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two (nested) settings dicts."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new)):
+            out += config_differences(old.get(key), new.get(key), f"{prefix}{key}.")
+        return out
+    return [] if old == new else [prefix.rstrip(".")]
 
 
 def prepare_store_dir(run_dir: str | os.PathLike, meta: dict[str, Any],
@@ -349,7 +346,7 @@ def prepare_store_dir(run_dir: str | os.PathLike, meta: dict[str, Any],
         except ValueError:
             old = {"unreadable": str(meta_path)}
         if meta_hash(old) != digest:
-            changed = ", ".join(_differences(old, meta)[:6]) or "?"
+            changed = ", ".join(config_differences(old, meta)[:6]) or "?"
             say(f"store at {run_dir} was written by {_describe(old)} (differs in: {changed}); "
                 f"reusing nothing from it: new generations go to store-{digest}")
     store_dir = run_dir / f"store-{digest}"

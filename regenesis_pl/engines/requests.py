@@ -67,15 +67,25 @@ def completion_seed(request_seed: int, sample: int) -> int:
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
+def resolve_request_seeds(n: int, sampling: SamplingConfig, request_seeds: Sequence[int] | None) -> list[int]:
+    """The seed of each of ``n`` requests: ``request_seeds[i]``, or ``sampling.seed + i`` when None.
+
+    The one rule shared by the engines and the generation store (whose keys include the seed)."""
+    if request_seeds is None:
+        return [sampling.seed + i for i in range(n)]
+    if len(request_seeds) != n:
+        raise ValueError(f"request_seeds has {len(request_seeds)} entries for {n} conversations; "
+                         "pass one seed per conversation or None")
+    return [int(s) for s in request_seeds]
+
+
 def make_jobs(prompt_ids: Sequence[Sequence[int]], sampling: SamplingConfig,
               request_seeds: Sequence[int] | None) -> list[Job]:
-    """One job per completion, request-major; request seed = ``request_seeds[i]`` or ``sampling.seed + i``."""
-    if request_seeds is not None and len(request_seeds) != len(prompt_ids):
-        raise ValueError(f"request_seeds has {len(request_seeds)} entries for {len(prompt_ids)} conversations; "
-                         "pass one seed per conversation or None")
+    """One job per completion, request-major; request seeds as ``resolve_request_seeds`` gives them."""
+    seeds = resolve_request_seeds(len(prompt_ids), sampling, request_seeds)
     jobs = []
     for i, ids in enumerate(prompt_ids):
-        base = int(request_seeds[i]) if request_seeds is not None else sampling.seed + i
+        base = seeds[i]
         for j in range(sampling.n):
             jobs.append(Job(request=i, sample=j, prompt_ids=tuple(ids), seed=completion_seed(base, j)))
     return jobs

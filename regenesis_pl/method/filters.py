@@ -76,7 +76,7 @@ def check_gold(candidates: Sequence[Candidate], questions: Mapping[str, Question
             raise ValueError(f"question {q.task}/{q.id} ({q.source or 'no source'}): no gold answer to filter "
                              "against; set use_gold=False to filter by majority vote")
         result = grade(c.path, q)
-        c.answer = parsed_answer(c.path, q)
+        c.answer = None if result.answer is None else canonical_answer(result.answer, q)
         unboxed = _unboxed(c, require_boxed)
         c.verdict = (Verdict.UNPARSED if not result.parsed or unboxed
                      else Verdict.CORRECT if result.correct else Verdict.WRONG)

@@ -18,7 +18,7 @@ import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from regenesis_pl.engines.base import Engine, SamplingConfig
+from regenesis_pl.engines.base import Conversation, Engine, SamplingConfig
 from regenesis_pl.method.guidelines import Guideline
 from regenesis_pl.method.prompts import (
     adapt_prompt,
@@ -119,7 +119,6 @@ def hint_drafts(drafts: Sequence[Draft]) -> list[Draft]:
     out = []
     for d in drafts:
         record = _new_record(d.question, d.record.guideline_id, d.guidelines, d.record.round, True)
-        record.method = d.record.method
         out.append(Draft(d.question, d.guidelines, record))
     return out
 
@@ -148,14 +147,8 @@ def adapt_guidelines(engine: Engine, drafts: Sequence[Draft], sampling: Sampling
         seed: Base seed of the round.
         ledger: Token accounting, or None.
     """
-    single = replace(sampling, n=1)
-    outputs = run_stage(engine, "adapt", [adapt_prompt(d.question, d.guidelines, show_hint) for d in drafts],
-                        single, [_seed(seed, "adapt", d.record) for d in drafts], ledger)
-    for d, out in zip(drafts, outputs):
-        c = out.completions[0]
-        d.record.adapted = c.text.strip()
-        _note(d.record, "adapt", c.finish_reason, c.num_tokens, show_hint)
-    return list(drafts)
+    prompts = [adapt_prompt(d.question, d.guidelines, show_hint) for d in drafts]
+    return _plan_stage(engine, "adapt", "adapted", prompts, drafts, sampling, show_hint, seed, ledger)
 
 
 def build_structures(engine: Engine, drafts: Sequence[Draft], sampling: SamplingConfig, show_hint: bool = False,
@@ -174,14 +167,19 @@ def build_structures(engine: Engine, drafts: Sequence[Draft], sampling: Sampling
     if missing:
         raise ValueError(f"build_structures: {len(missing)} drafts (e.g. question {missing[0]}) have no adapted "
                          "guideline; run adapt_guidelines first")
-    single = replace(sampling, n=1)
-    outputs = run_stage(engine, "structure",
-                        [structure_prompt(d.question, d.record.adapted, show_hint) for d in drafts],
-                        single, [_seed(seed, "structure", d.record) for d in drafts], ledger)
+    prompts = [structure_prompt(d.question, d.record.adapted, show_hint) for d in drafts]
+    return _plan_stage(engine, "structure", "structure", prompts, drafts, sampling, show_hint, seed, ledger)
+
+
+def _plan_stage(engine: Engine, stage: str, field: str, prompts: list[Conversation], drafts: Sequence[Draft],
+                sampling: SamplingConfig, show_hint: bool, seed: int, ledger: TokenLedger | None) -> list[Draft]:
+    """One engine call of a planning stage (adapt, structure): one reply per draft, stored in ``record.<field>``."""
+    outputs = run_stage(engine, stage, prompts, replace(sampling, n=1),
+                        [_seed(seed, stage, d.record) for d in drafts], ledger)
     for d, out in zip(drafts, outputs):
         c = out.completions[0]
-        d.record.structure = c.text.strip()
-        _note(d.record, "structure", c.finish_reason, c.num_tokens, show_hint)
+        setattr(d.record, field, c.text.strip())
+        _note(d.record, stage, c.finish_reason, c.num_tokens, show_hint)
     return list(drafts)
 
 

@@ -20,6 +20,7 @@ import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.strategies import FSDPStrategy
 
+from regenesis_pl.data.sft import IGNORE_INDEX
 from regenesis_pl.model.build import MODES, build_model, load_tokenizer, resolve_dtype
 from regenesis_pl.model.embedded import resolve_model
 from regenesis_pl.model.strategy import check_strategy
@@ -143,7 +144,7 @@ class SFTModule(LightningModule):
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self(batch).loss
-        targets = int((batch["labels"][:, 1:] != -100).sum())
+        targets = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
         self.log("val/loss", loss, prog_bar=True, batch_size=max(targets, 1), sync_dist=True)
         return loss
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from regenesis_pl.tasks.answers import parse_number
+from regenesis_pl.tasks.olmo import gsm8k_rationale
 from regenesis_pl.tasks.types import AnswerType
 
 Row = Mapping[str, Any]
@@ -37,7 +38,7 @@ _BBH_OPTION_RE = re.compile(r"^\(([A-Z])\)\s*(.+)$", re.MULTILINE)
 def gsm8k_row(row: Row) -> dict:
     solution = row["answer"]
     return {"question": row["question"], "answer": solution.rsplit("####", 1)[-1].strip(),
-            "rationale": re.sub(r"<<[^<>]*>>", "", solution.rsplit("####", 1)[0]).strip()}
+            "rationale": gsm8k_rationale(solution)}
 
 
 def numglue_row(row: Row) -> dict | None:
