@@ -46,9 +46,9 @@ def _function_parser(function, positional: str | None = None, choices: list[str]
 
 def build_parser() -> ArgumentParser:
     """The parser of every sub-command except the Lightning ones (also used by the config tests)."""
-    from regenesis_pl.evaluation import run_evaluation
-    from regenesis_pl.model.embedded import prepare_embedded_model
-    from regenesis_pl.synthesize import run_synthesis
+    from regenesis_pl.commands.evaluate import run_evaluation
+    from regenesis_pl.commands.synthesize import run_synthesis
+    from regenesis_pl.embedded_model import prepare_embedded_model
     from regenesis_pl.tasks.prepare import SOURCES, prepare_data
 
     parser = ArgumentParser(prog="regenesis", description=__doc__.split("\n")[0], epilog=HELP_FOOTER,
@@ -72,9 +72,10 @@ def build_parser() -> ArgumentParser:
 
 
 def _run(cfg) -> int:
-    from regenesis_pl.evaluation import run_evaluation
-    from regenesis_pl.model.embedded import prepare_embedded_model
-    from regenesis_pl.synthesize import EmptyRoundError, run_synthesis
+    from regenesis_pl.commands.evaluate import run_evaluation
+    from regenesis_pl.commands.synthesize import run_synthesis
+    from regenesis_pl.data.round_files import EmptyRoundError
+    from regenesis_pl.embedded_model import prepare_embedded_model
     from regenesis_pl.tasks.prepare import prepare_data
 
     command = cfg.command

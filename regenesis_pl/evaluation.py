@@ -6,19 +6,20 @@ is trained on. Metrics are accumulated with torchmetrics, one pair of metrics pe
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from torchmetrics.aggregation import MeanMetric, SumMetric
 
+from regenesis_pl.atomic import read_json, write_json, write_jsonl, write_text
 from regenesis_pl.chat import question_messages
 from regenesis_pl.engines.base import Engine, SamplingConfig
-from regenesis_pl.engines.factory import EngineConfig, build_engine, engine_settings
-from regenesis_pl.method.seeding import stable_seed
+from regenesis_pl.hashing import stable_seed
+from regenesis_pl.layout import RunLayout
+from regenesis_pl.sharding import DEFAULT_WAIT_MINUTES, Shard, wait_for_files
 from regenesis_pl.tasks.grading import grade
-from regenesis_pl.tasks.registry import TaskConfig, load_questions
 from regenesis_pl.tasks.types import Question
 
 
@@ -79,109 +80,79 @@ class _TaskMetrics:
                          mean_tokens=float(self.tokens.compute()))
 
 
-def evaluate_questions(
-    engine: Engine,
-    questions: Sequence[Question],
-    max_tokens: int = 512,
-    progress: str | None = "evaluate",
-) -> EvalResult:
-    """Greedy zero-shot CoT on ``questions`` (any mix of tasks) through ``engine``; one engine call for all.
+def answer_questions(engine: Engine, questions: Sequence[Question], max_tokens: int = 512,
+                     progress: str | None = "evaluate") -> list[dict]:
+    """Greedy zero-shot CoT answers, graded: one record per question with a gold answer (one engine call).
 
-    Questions without a gold answer are skipped and counted in the task's record list as ``skipped``.
+    Request seeds come from each question's identity (greedy ignores them): a stored answer is found again
+    whatever the question's position in a later, larger, reordered or sharded task list.
     """
     gradable = [q for q in questions if q.answer is not None]
-    skipped = len(questions) - len(gradable)
     if not gradable:
-        raise ValueError(f"evaluate: none of the {len(questions)} questions has a gold answer; nothing to score")
+        return []
     sampling = SamplingConfig(n=1, temperature=0.0, max_tokens=max_tokens)
-    # Seeds from each question's identity (greedy ignores them): a stored answer is found again whatever the
-    # question's position in a later, larger or reordered task list.
     seeds = [stable_seed("evaluate", q.task, q.id) for q in gradable]
     outputs = engine.generate([question_messages(q) for q in gradable], sampling, request_seeds=seeds,
                               progress=progress)
-    metrics: dict[str, _TaskMetrics] = {}
-    counts: dict[str, int] = {}
+    if len(outputs) != len(gradable):
+        raise RuntimeError(f"engine {getattr(engine, 'name', '?')} returned {len(outputs)} outputs for "
+                           f"{len(gradable)} evaluation requests")
     records = []
     for q, out in zip(gradable, outputs):
         completion = out.completions[0]
         g = grade(completion.text, q)
-        metrics.setdefault(q.task, _TaskMetrics()).update(bool(g.correct), g.parsed, completion.num_tokens)
-        counts[q.task] = counts.get(q.task, 0) + 1
         records.append({"task": q.task, "question_id": q.id, "gold": q.answer, "answer": g.answer,
                         "parsed": g.parsed, "correct": bool(g.correct), "tokens": completion.num_tokens,
                         "finish_reason": completion.finish_reason, "text": completion.text})
+    return records
+
+
+def score_records(records: Sequence[dict], skipped: int = 0) -> EvalResult:
+    """Per-task accuracy, parse rate and mean length of graded records (``answer_questions`` output)."""
+    metrics: dict[str, _TaskMetrics] = {}
+    counts: dict[str, int] = {}
+    for r in records:
+        metrics.setdefault(r["task"], _TaskMetrics()).update(r["correct"], r["parsed"], r["tokens"])
+        counts[r["task"]] = counts.get(r["task"], 0) + 1
     per_task = {task: m.score(task, counts[task]) for task, m in metrics.items()}
-    result = EvalResult(per_task=per_task, records=records)
+    result = EvalResult(per_task=per_task, records=list(records))
     if skipped:
         result.records.append({"skipped_without_gold": skipped})
     return result
 
 
+def evaluate_questions(engine: Engine, questions: Sequence[Question], max_tokens: int = 512,
+                       progress: str | None = "evaluate", shard: Shard | None = None,
+                       parts: Callable[[int], Path] | None = None,
+                       wait_minutes: float = DEFAULT_WAIT_MINUTES) -> EvalResult | None:
+    """Greedy zero-shot CoT on ``questions`` (any mix of tasks) through ``engine``, scored per task.
+
+    Questions without a gold answer are skipped and counted (``skipped_without_gold``). With a ``shard`` of
+    several processes, every rank answers its share and writes it to ``parts(rank)``; rank 0 waits for all
+    parts (polling files), merges them in question order and returns the result, the other ranks return None.
+    The merged result equals a one-process evaluation (greedy; seeds from question identity).
+    """
+    shard = shard or Shard()
+    gradable = [q for q in questions if q.answer is not None]
+    skipped = len(questions) - len(gradable)
+    if not gradable:
+        raise ValueError(f"evaluate: none of the {len(questions)} questions has a gold answer; nothing to score")
+    if shard.world == 1:
+        return score_records(answer_questions(engine, gradable, max_tokens, progress), skipped)
+    if parts is None:
+        raise ValueError("evaluate_questions: a sharded evaluation needs `parts` (where each rank writes its share)")
+    write_json(parts(shard.rank), answer_questions(engine, shard.take(gradable), max_tokens, progress))
+    if not shard.is_first:
+        return None
+    wait_for_files([parts(r) for r in range(shard.world)], f"evaluation {progress or ''}".strip(), wait_minutes)
+    by_id = {(r["task"], r["question_id"]): r for rank in range(shard.world)
+             for r in read_json(parts(rank), "evaluation part")}
+    return score_records([by_id[(q.task, q.id)] for q in gradable], skipped)
+
+
 def write_eval_report(result: EvalResult, run_dir: str, title: str = "Evaluation", meta: dict | None = None) -> None:
     """Write ``eval.json`` (scores + meta), ``eval_records.jsonl`` and ``eval.md`` into ``run_dir``."""
-    from pathlib import Path
-
-    out = Path(run_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "eval.json").write_text(json.dumps({**result.to_json(), "meta": meta or {}}, indent=2))
-    with open(out / "eval_records.jsonl", "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in result.records)
-    (out / "eval.md").write_text(result.to_markdown(title))
-
-
-def run_evaluation(
-    tasks: list[TaskConfig],
-    model: str = "embedded",
-    adapter: str | None = None,
-    engine: EngineConfig | None = None,
-    max_tokens: int = 512,
-    run_dir: str = "runs/evaluate",
-    flush_every: int = 64,
-) -> EvalResult:
-    """Evaluate a model (optionally with a LoRA adapter) zero-shot on a list of tasks; write a report.
-
-    Generations go through an on-disk store under ``run_dir``, flushed every ``flush_every`` answers: rerun
-    the same command after a kill and only the missing answers are generated (other weights, engine or
-    settings reuse nothing).
-
-    Args:
-        tasks: Tasks to score, e.g. ``[{name: strategyqa, split: test, limit: 50}]``.
-        model: "embedded" (SmolLM2-135M-Instruct, prepared on first use), a local HF folder or a hub id.
-        adapter: Optional peft LoRA adapter folder served on top of ``model``.
-        engine: Generation backend and its settings (vllm by default; "transformers" needs no vLLM).
-        max_tokens: New-token budget per answer.
-        run_dir: Where ``eval.json``, ``eval.md``, ``eval_records.jsonl`` and the generation store go.
-        flush_every: Answers per durable store sub-batch (a kill loses at most one; raise it on GPUs).
-    """
-    import time
-
-    from regenesis_pl.data.store import CachedEngine, prepare_store_dir
-
-    questions = [q for cfg in tasks for q in load_questions(cfg)]
-    if not questions:
-        raise ValueError("evaluate: the task list gave no questions; check `tasks` (name, split, limit)")
-    engine_cfg = engine or EngineConfig()
-    gen = build_engine(**engine_settings(engine_cfg, model, adapter, command="evaluate"))
-    try:
-        store_dir = prepare_store_dir(run_dir, {"command": "evaluate", "model": model, "adapter": adapter,
-                                                "weights_id": gen.weights_id, "engine": engine_cfg.backend})
-        cached = CachedEngine(gen, store_dir, flush_every=flush_every)
-    except BaseException:
-        gen.close()
-        raise
-    try:
-        start = time.perf_counter()
-        result = evaluate_questions(cached, questions, max_tokens=max_tokens, progress="evaluate")
-        seconds = time.perf_counter() - start
-        store = cached.stats()
-    finally:
-        cached.close()  # the store, then the engine
-    meta = {"model": model, "adapter": adapter, "engine": engine_cfg.backend, "max_tokens": max_tokens,
-            "seconds": round(seconds, 1), "tokens_per_s": round(store["generated_tokens"] / max(seconds, 1e-9), 1),
-            "store": {"hits": store["hits"], "misses": store["misses"]}, "tasks": [t.name for t in tasks]}
-    write_eval_report(result, run_dir, title=f"Evaluation of {model}" + (f" + {adapter}" if adapter else ""),
-                      meta=meta)
-    print(result.to_markdown(f"Evaluation ({engine_cfg.backend}, {seconds:.0f} s, {meta['tokens_per_s']} "
-                             f"generated tok/s, {store['hits']} answers reused from the store)"))
-    print(f"report: {run_dir}/eval.md")
-    return result
+    layout = RunLayout(run_dir)
+    write_json(layout.standalone_eval(".json"), {**result.to_json(), "meta": meta or {}})
+    write_jsonl(layout.standalone_eval("_records.jsonl"), result.records)
+    write_text(layout.standalone_eval(".md"), result.to_markdown(title))

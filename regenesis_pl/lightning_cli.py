@@ -6,14 +6,16 @@ is named in LightningCLI's error):
     seed_everything: 0
     model:       SFTModule          (base model, mode full|lora|qlora, optimizer settings)
     data:        ReGenesisDataModule (training task, synthesis, rounds, epochs_per_round, run_dir, ...)
-    generation:  EngineCallback     (the engine settings under `engine:`)
-    evaluation:  EvaluationCallback (in-domain and OOD tasks, max_tokens, every_n_steps)
+    generation:  EngineCallback     (the engine settings under `engine:`, an EngineConfig)
+    evaluation:  EvaluationCallback (in-domain and OOD tasks, max_tokens, every_n_steps, patience)
     export:      ExportCallback     (merged export, frozen-weights audit)
+    rounds:      RoundDriver        (the owner of each round's start and end; shard_timeout_minutes)
     checkpoint:  ModelCheckpoint    (defaults: <run_dir>/checkpoints, last.ckpt at every epoch end)
     trainer:     Trainer            (accelerator, precision, strategy, ...; logger default: CSV in <run_dir>/logs)
 
 Said once, linked everywhere: ``trainer.max_epochs = data.rounds * data.epochs_per_round``, ``model.model``
-is the model the engine serves, and ``data.run_dir`` is the run directory of every callback, the checkpoints and the logs.
+is the model the engines serve, and ``data.run_dir`` is the run directory of every callback, the checkpoints and the logs.
+The CLI then connects the callbacks to each other and to the DataModule (``RoundDriver.connect``).
 
 Resume after any interruption with ``--ckpt_path last``: the stored rounds are read back (nothing is
 regenerated), the adapter weights come from the checkpoint (the engine serves adapters from saved folders and
@@ -25,6 +27,7 @@ from __future__ import annotations
 import logging
 import sys
 import warnings
+from pathlib import Path
 
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -33,7 +36,9 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from regenesis_pl.callbacks.engine import EngineCallback
 from regenesis_pl.callbacks.evaluation import EvaluationCallback
 from regenesis_pl.callbacks.export import ExportCallback
+from regenesis_pl.callbacks.rounds import RoundDriver
 from regenesis_pl.data.datamodule import ReGenesisDataModule
+from regenesis_pl.engines.factory import EngineConfig
 from regenesis_pl.model.module import SFTModule
 
 TRAINER_DEFAULTS = {"num_sanity_val_steps": 0, "log_every_n_steps": 1, "reload_dataloaders_every_n_epochs": 1}
@@ -61,6 +66,7 @@ class ReGenesisCLI(LightningCLI):
     round bookkeeping linked into the Trainer."""
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        _refuse_moved_keys(args)
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
@@ -78,6 +84,7 @@ class ReGenesisCLI(LightningCLI):
         parser.add_lightning_class_args(EvaluationCallback, "evaluation")
         parser.add_lightning_class_args(ExportCallback, "export")
         parser.add_lightning_class_args(EngineCallback, "generation")
+        parser.add_lightning_class_args(RoundDriver, "rounds")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(CHECKPOINT_DEFAULTS)
         parser.link_arguments(("data.rounds", "data.epochs_per_round"), "trainer.max_epochs",
@@ -89,13 +96,41 @@ class ReGenesisCLI(LightningCLI):
 
 
     def instantiate_trainer(self, **kwargs):
-        """The Trainer, logging to CSV files under ``<run_dir>/logs`` unless the config names a logger."""
+        """The Trainer, logging to CSV files under ``<run_dir>/logs`` unless the config names a logger, with the
+        loop's callbacks connected to each other and to the DataModule."""
+        get = lambda key: self._get(self.config_init, key)
+        get("rounds").connect(get("generation"), self.datamodule, get("evaluation"), get("export"))
         trainer_config = self._get(self.config_init, "trainer", default={}) or {}
         if trainer_config.get("logger") in (None, True) and "logger" not in kwargs:
             from lightning.pytorch.loggers import CSVLogger
 
             kwargs["logger"] = CSVLogger(save_dir=str(self._get(self.config_init, "data").run_dir), name="logs")
         return super().instantiate_trainer(**kwargs)
+
+
+ENGINE_KEYS = tuple(EngineConfig.__dataclass_fields__)
+
+
+def _refuse_moved_keys(args) -> None:
+    """One line for a config written before the engine settings became one schema (``generation.engine``)."""
+    if args is None:
+        return
+    if isinstance(args, dict):
+        return
+    args = list(args)
+    paths = [args[i + 1] for i, a in enumerate(args[:-1]) if a in ("--config", "-c")]
+    paths += [a.partition("=")[2] for a in args if a.startswith("--config=")]
+    for path in paths:
+        try:
+            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError):
+            continue  # the parser reports a missing or broken file in its own words
+        moved = sorted(set(raw.get("generation") or {}) & set(ENGINE_KEYS)) if isinstance(raw, dict) else []
+        if moved:
+            print(f"regenesis: {path}: generation.{moved[0]} moved to generation.engine.{moved[0]} (the engine "
+                  "settings are one EngineConfig shared by fit, evaluate and synthesize); nest "
+                  f"{', '.join(moved)} under `generation: engine:`", file=sys.stderr)
+            raise SystemExit(2)
 
 
 class _ConfigCheck(ReGenesisCLI):
@@ -134,7 +169,7 @@ def run_fit_cli(args: list[str] | None = None) -> ReGenesisCLI:
     Errors from bad input (a mismatched checkpoint, an empty round, a missing file) end the process with
     exit code 2 and one line on stderr.
     """
-    from regenesis_pl.synthesize import EmptyRoundError
+    from regenesis_pl.data.round_files import EmptyRoundError
 
     args = list(sys.argv[1:] if args is None else args)
     _show_progress_messages()

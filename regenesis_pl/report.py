@@ -2,7 +2,7 @@
 
 Inputs (all optional; a missing part is said in the report, never invented):
 
-- ``eval/base.json`` and ``eval/round{k}.json``: per-task accuracy and parse rate (``EvaluationCallback``);
+- ``eval/base.json`` and ``eval/round-{k}.json``: per-task accuracy and parse rate (``EvaluationCallback``);
 - ``round-{k}/summary.json``: synthesis statistics of round k (kept paths, solved questions, hint
   recoveries, per-guideline accept rates);
 - ``engine_timings.json``: weight push and wake times per round (``EngineCallback``).
@@ -13,50 +13,28 @@ round, kept paths per round.
 
 from __future__ import annotations
 
-import json
-import re
 from pathlib import Path
 from typing import Any
 
-EVAL_DIR = "eval"
-STOP_FILE = "stopped.json"  # written by the evaluation callback when eval gating (``patience``) ends a fit
-TIMINGS_FILE = "engine_timings.json"
-REPORT_FILE = "report.md"
-PLOTS_DIR = "plots"
+from regenesis_pl.atomic import read_json, write_text
+from regenesis_pl.layout import RunLayout
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
-        return json.loads(path.read_text())
+        return read_json(path, "report input")
     except FileNotFoundError:
         return None
-    except ValueError as err:
-        raise ValueError(f"report: {path} is not valid JSON ({err}); delete it or rerun the step that wrote it"
-                         ) from None
 
 
 def load_evaluations(run_dir: str | Path) -> dict[int, dict[str, Any]]:
     """Round-level evaluations by round (-1 = the base model before training), in round order."""
-    folder = Path(run_dir) / EVAL_DIR
-    found: dict[int, dict[str, Any]] = {}
-    base = _read_json(folder / "base.json")
-    if base is not None:
-        found[-1] = base
-    for path in folder.glob("round*.json"):
-        match = re.fullmatch(r"round(\d+)\.json", path.name)
-        if match:
-            found[int(match.group(1))] = _read_json(path)
-    return dict(sorted(found.items()))
+    return {k: _read_json(path) for k, path in RunLayout(run_dir).round_evaluations().items()}
 
 
 def load_round_stats(run_dir: str | Path) -> dict[int, dict[str, Any]]:
     """Synthesis statistics by round (``round-{k}/summary.json``), in round order."""
-    found = {}
-    for path in Path(run_dir).glob("round-*/summary.json"):
-        match = re.fullmatch(r"round-(\d+)", path.parent.name)
-        if match:
-            found[int(match.group(1))] = _read_json(path)
-    return dict(sorted(found.items()))
+    return {k: _read_json(path) for k, path in RunLayout(run_dir).rounds_with_summary().items()}
 
 
 def _label(round_: int) -> str:
@@ -103,7 +81,7 @@ def _accuracy_table(evals: dict[int, dict[str, Any]]) -> list[str]:
 
 
 def _stop_line(run_dir: Path) -> list[str]:
-    stop = _read_json(run_dir / EVAL_DIR / STOP_FILE)
+    stop = _read_json(RunLayout(run_dir).stop_file)
     if stop is None:
         return []
     return ["", (f"Stopped early after round {stop['after_round']}: {stop['rounds_without_gain']} round(s) without a "
@@ -202,7 +180,7 @@ def write_plots(run_dir: str | Path, evals: dict[int, dict[str, Any]] | None = N
     run_dir = Path(run_dir)
     evals = load_evaluations(run_dir) if evals is None else evals
     stats = load_round_stats(run_dir) if stats is None else stats
-    out = run_dir / PLOTS_DIR
+    out = RunLayout(run_dir).plots
     out.mkdir(parents=True, exist_ok=True)
     written = []
     if evals:
@@ -231,7 +209,7 @@ def write_report(run_dir: str | Path, title: str | None = None) -> Path:
     if not run_dir.is_dir():
         raise FileNotFoundError(f"report: run directory {run_dir} does not exist; pass the run_dir of a fit run")
     evals, stats = load_evaluations(run_dir), load_round_stats(run_dir)
-    timings = _read_json(run_dir / TIMINGS_FILE)
+    timings = _read_json(RunLayout(run_dir).timings)
     plots = write_plots(run_dir, evals, stats)
     lines = [f"# ReGenesis run report: {title or run_dir.name}", "", f"Run directory: `{run_dir}`", ""]
     lines += ["## Accuracy per task and round", ""]
@@ -244,6 +222,4 @@ def write_report(run_dir: str | Path, title: str | None = None) -> Path:
     if plots:
         lines += ["", "## Plots", ""]
         lines += [f"![{p.stem.replace('_', ' ')}]({p.relative_to(run_dir).as_posix()})" for p in plots]
-    path = run_dir / REPORT_FILE
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_text(RunLayout(run_dir).report, "\n".join(lines) + "\n")

@@ -87,7 +87,7 @@ def main() -> None:
 
     from regenesis_pl.engines.base import SamplingConfig
     from regenesis_pl.engines.factory import build_engine
-    from regenesis_pl.model.embedded import resolve_model
+    from regenesis_pl.model_source import resolve_model
 
     if args.threads:
         torch.set_num_threads(args.threads)

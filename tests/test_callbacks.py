@@ -9,23 +9,26 @@ from types import SimpleNamespace
 import pytest
 
 from regenesis_pl.callbacks.engine import EngineCallback
-from regenesis_pl.data.datamodule import ReGenesisDataModule, is_round_end, round_of
+from regenesis_pl.data.datamodule import ReGenesisDataModule
 from regenesis_pl.method.synthesis import SynthesisConfig
 from regenesis_pl.report import write_report
+from regenesis_pl.rounds import RoundSchedule
 from regenesis_pl.tasks.registry import TaskConfig
 
 
-def _trainer(epoch: int, epochs_per_round: int):
-    return SimpleNamespace(current_epoch=epoch, datamodule=SimpleNamespace(epochs_per_round=epochs_per_round))
-
-
-@pytest.mark.parametrize("epoch,per_round,expected_round,ends", [
-    (0, 1, 0, True), (1, 1, 1, True), (0, 3, 0, False), (2, 3, 0, True), (3, 3, 1, False), (5, 3, 1, True),
+@pytest.mark.parametrize("epoch,per_round,expected_round,starts,ends", [
+    (0, 1, 0, True, True), (1, 1, 1, True, True), (0, 3, 0, True, False), (2, 3, 0, False, True),
+    (3, 3, 1, True, False), (5, 3, 1, False, True),
 ])
-def test_round_arithmetic(epoch, per_round, expected_round, ends):
-    trainer = _trainer(epoch, per_round)
-    assert round_of(trainer) == expected_round
-    assert is_round_end(trainer) is ends
+def test_round_arithmetic(epoch, per_round, expected_round, starts, ends):
+    schedule = RoundSchedule(rounds=2, epochs_per_round=per_round)
+    assert schedule.round_of(epoch) == expected_round
+    assert schedule.starts_round(epoch) is starts
+    assert schedule.ends_round(epoch) is ends
+    assert schedule.epochs == 2 * per_round
+    schedule.check_epoch(epoch)
+    with pytest.raises(ValueError, match="past the last round"):
+        schedule.check_epoch(2 * per_round)
 
 
 def test_round_summary_excludes_other_rounds_and_the_build():
@@ -92,7 +95,7 @@ def _score(task, acc, parse, n=10):
 
 def test_report_tables_and_plots(tmp_path):
     (tmp_path / "eval").mkdir()
-    for name, rnd, acc in (("base", -1, 0.1), ("round0", 0, 0.3), ("round1", 1, 0.4)):
+    for name, rnd, acc in (("base", -1, 0.1), ("round-0", 0, 0.3), ("round-1", 1, 0.4)):
         per_task = {"arithmetic": _score("arithmetic", acc, 0.5), "strategyqa": _score("strategyqa", 0.2, 0.9)}
         (tmp_path / "eval" / f"{name}.json").write_text(json.dumps({
             "name": name, "round": rnd, "in_domain": ["arithmetic"], "ood": ["strategyqa"], "per_task": per_task,
@@ -171,6 +174,7 @@ def test_eval_gating_ends_a_real_trainer_fit_early(tmp_path):
     from torch.utils.data import DataLoader, TensorDataset
 
     from regenesis_pl.callbacks.evaluation import EvaluationCallback
+    from regenesis_pl.callbacks.rounds import RoundDriver
 
     class Tiny(L.LightningModule):
         def __init__(self):
@@ -199,7 +203,12 @@ def test_eval_gating_ends_a_real_trainer_fit_early(tmp_path):
 
     cb = Scripted(in_domain=[TaskConfig(name="arithmetic")], patience=2, evaluate_base=False, run_dir=str(tmp_path),
                   write_report=False)
-    trainer = L.Trainer(max_epochs=5, callbacks=[cb], logger=False, enable_checkpointing=False,
+    # the real round owner sequences the round ends; its engines and data are stand-ins (no generation here)
+    driver = RoundDriver()
+    driver.engines = SimpleNamespace(end_round=lambda trainer, k: None)
+    driver.data = SimpleNamespace(schedule=RoundSchedule(rounds=5, epochs_per_round=1))
+    driver.evaluation = cb
+    trainer = L.Trainer(max_epochs=5, callbacks=[cb, driver], logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
     trainer.fit(Tiny(), datamodule=Rounds())
     assert trainer.current_epoch == 3 and cb.stopped_after == 2  # rounds 0-2 ran; rounds 3 and 4 did not

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from regenesis_pl.model import embedded
-from regenesis_pl.model.embedded import MARKER, prepare_embedded_model, resolve_model
+from regenesis_pl import embedded_model as embedded
+from regenesis_pl import model_source
+from regenesis_pl.embedded_model import MARKER, prepare_embedded_model
+from regenesis_pl.model_source import resolve_model
 from regenesis_pl.paths import downloads_dir
 
 # ------------------------------------------------------------------------------------------ resolve_model
@@ -49,7 +51,7 @@ def test_resolve_hub_id_passes_through():
 
 def test_resolve_embedded_uses_prepared_folder(monkeypatch, tmp_path):
     calls = []
-    monkeypatch.setattr(embedded, "prepare_embedded_model", lambda: calls.append(1) or tmp_path)
+    monkeypatch.setattr(model_source, "prepare_embedded_model", lambda: calls.append(1) or tmp_path)
     assert resolve_model("embedded") == str(tmp_path)
     assert resolve_model("SmolLM2-135M-Instruct") == str(tmp_path)
     assert len(calls) == 2

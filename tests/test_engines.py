@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from regenesis_pl.engines.base import SamplingConfig
-from regenesis_pl.engines.factory import EngineConfig, build_engine, build_engine_from_config
+from regenesis_pl.engines.factory import EngineConfig, build_engine
 from regenesis_pl.engines.fingerprint import weights_fingerprint
-from regenesis_pl.engines.requests import completion_seed, cut_at_stop, make_jobs
+from regenesis_pl.engines.prompt_jobs import cut_at_stop, make_jobs
+from regenesis_pl.hashing import completion_seed
 
 CONVERSATIONS = [
     [{"role": "user", "content": "What is 2 + 3?"}],
@@ -59,20 +60,26 @@ def test_cut_at_stop_takes_the_earliest_stop():
     assert cut_at_stop("abc", ()) == ("abc", False)
 
 
-def test_unknown_backend_is_an_error():
-    with pytest.raises(ValueError, match="backend 'tgi' is unknown"):
-        build_engine(backend="tgi")
+@pytest.mark.parametrize("bad,match", [
+    ({"backend": "tgi"}, "engine.backend='tgi' is unknown"), ({"dtype": "fp8"}, "engine.dtype='fp8'"),
+    ({"max_model_len": 0}, "engine.max_model_len=0"), ({"tensor_parallel_size": 0}, "tensor_parallel_size=0"),
+    ({"gpu_memory_utilization": 1.5}, "gpu_memory_utilization=1.5"), ({"kv_cache_gb": 0}, "kv_cache_gb=0"),
+])
+def test_bad_engine_settings_are_refused_before_any_engine_starts(bad, match):
+    with pytest.raises(ValueError, match=match):
+        EngineConfig(**bad)
+    assert EngineConfig(backend="hf").backend == "transformers"
 
 
 def test_missing_vllm_gives_install_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)  # makes `import vllm` raise ImportError
     with pytest.raises(ImportError, match=r"vLLM is not installed: pip install 'regenesis_pl\[vllm\]'"):
-        build_engine(backend="vllm")
+        build_engine(EngineConfig(backend="vllm"))
 
 
 def test_missing_model_path_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        build_engine(backend="transformers", model=str(tmp_path / "no-model"))
+        build_engine(EngineConfig(backend="transformers"), str(tmp_path / "no-model"))
 
 
 def test_fingerprint_tracks_adapter_content(tmp_path):
@@ -99,7 +106,7 @@ def test_fingerprint_tracks_adapter_content(tmp_path):
 
 @pytest.fixture(scope="module")
 def model_dir():
-    from regenesis_pl.model.embedded import resolve_model
+    from regenesis_pl.model_source import resolve_model
 
     return resolve_model("embedded")
 
@@ -140,7 +147,7 @@ def perturbed_dir(model_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def hf(model_dir):
-    engine = build_engine(backend="transformers", model=model_dir, batch_size=4)
+    engine = build_engine(EngineConfig(backend="transformers", batch_size=4), model_dir)
     yield engine
     engine.close()
 
@@ -161,7 +168,7 @@ def test_folder_without_chat_template_is_an_error(model_dir, tmp_path):
     tok_cfg.pop("chat_template", None)
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(tok_cfg))
     with pytest.raises(ValueError, match="has no chat template"):
-        build_engine(backend="transformers", model=str(tmp_path))
+        build_engine(EngineConfig(backend="transformers"), str(tmp_path))
 
 
 @pytest.mark.slow
@@ -240,8 +247,7 @@ def vllm_engine(model_dir):
     import psutil
 
     before = {p.pid for p in psutil.Process().children(recursive=True)}
-    cfg = EngineConfig(backend="vllm", model=model_dir, max_lora_rank=8, kv_cache_gb=1)
-    engine = build_engine_from_config(cfg)
+    engine = build_engine(EngineConfig(backend="vllm", max_lora_rank=8, kv_cache_gb=1), model_dir)
     engine.spawned = {p.pid for p in psutil.Process().children(recursive=True)} - before
     yield engine
     engine.close()

@@ -57,19 +57,21 @@ def smoke(tmp_path_factory):
 
 def test_two_rounds_are_evaluated_logged_and_reported(smoke):
     run = smoke.run_dir
-    evals = {name: _json(run / "eval" / f"{name}.json") for name in ("base", "round0", "round1")}
+    evals = {name: _json(run / "eval" / f"{name}.json") for name in ("base", "round-0", "round-1")}
     task = evals["base"]["in_domain"][0]  # the arithmetic task's name as the task registry reports it
     assert task.startswith("arithmetic")
     for name, ev in evals.items():
         assert ev["in_domain"] == [task] and ev["per_task"][task]["n"] == 8, name
         assert 0.0 <= ev["per_task"][task]["accuracy"] <= 1.0
-    assert [evals[n]["round"] for n in ("base", "round0", "round1")] == [-1, 0, 1]
+    assert [evals[n]["round"] for n in ("base", "round-0", "round-1")] == [-1, 0, 1]
     # every_n_steps: 2 -> an evaluation at every even step that does not end a round
-    round_ends = {evals["round0"]["step"], evals["round1"]["step"]}
-    periodic = {int(p.stem[4:]) for p in (run / "eval").glob("step*.json")}
-    assert periodic == {s for s in range(2, evals["round1"]["step"] + 1, 2) if s not in round_ends}
-    for step in periodic:
-        assert _json(run / "eval" / f"step{step}.json")["kind"] == "periodic"
+    round_ends = {evals["round-0"]["step"], evals["round-1"]["step"]}
+    periodic = {p.stem: _json(p) for p in (run / "eval").glob("round-*-step-*.json")}
+    expected = {s for s in range(2, evals["round-1"]["step"] + 1, 2) if s not in round_ends}
+    assert expected, "the smoke run must have periodic evaluation steps"
+    assert {ev["step"] for ev in periodic.values()} == expected
+    for name, ev in periodic.items():
+        assert ev["kind"] == "periodic" and name == f"round-{ev['round']}-step-{ev['step']}"
     # the same metrics reached the Lightning logger, for every round
     import csv
 
@@ -102,14 +104,14 @@ def test_trainable_weights_changed_and_frozen_did_not(smoke):
     assert state and all(".lora_A." in k or ".lora_B." in k for k in state)  # adapter-only checkpoint
     lora_b = [v for k, v in state.items() if ".lora_B." in k]
     assert all(float(v.abs().sum()) > 0 for v in lora_b)  # B starts at zero: every adapter was trained
-    exports = [_json(run / "export" / f"round{k}" / "regenesis_export.json") for k in (0, 1)]
+    exports = [_json(run / "export" / f"round-{k}" / "regenesis_export.json") for k in (0, 1)]
     assert exports[0]["trainable_fingerprint"] != exports[1]["trainable_fingerprint"]
     for meta in exports:
         frozen = meta["frozen"]
         assert frozen["fingerprint_now"] == frozen["fingerprint_at_train_start"]
         assert frozen["params"] > 10 * meta["trainable_params"] > 0
     # the exported folder is a loadable peft adapter with the tokenizer and chat template beside it
-    folder = run / "export" / "round1"
+    folder = run / "export" / "round-1"
     for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "chat_template.jinja"):
         assert (folder / name).is_file(), name
 
@@ -119,15 +121,15 @@ def test_round1_is_synthesized_by_round0_adapter(smoke):
     meta0, meta1 = _json(run / "round-0" / "meta.json"), _json(run / "round-1" / "meta.json")
     assert meta0["adapter"] is None
     adapter = Path(meta1["adapter"])
-    assert adapter.parent.name == "adapters" and adapter.name.startswith("round0-step")
+    assert adapter.parent.name == "adapters" and adapter.name.startswith("round-0-step-")
     assert (run / "adapters" / adapter.name / "adapter_model.safetensors").is_file()
     assert meta1["weights_id"] != meta0["weights_id"]
     # the weights that made round 1 are the ones evaluated after round 0, and they answer differently from
     # the base model on the very same greedy prompts
-    eval0 = _json(run / "eval" / "round0.json")
+    eval0 = _json(run / "eval" / "round-0.json")
     assert eval0["weights_id"] == meta1["weights_id"] and eval0["adapter"] == meta1["adapter"]
     base = [json.loads(line) for line in (run / "eval" / "base_records.jsonl").read_text().splitlines()]
-    after = [json.loads(line) for line in (run / "eval" / "round0_records.jsonl").read_text().splitlines()]
+    after = [json.loads(line) for line in (run / "eval" / "round-0_records.jsonl").read_text().splitlines()]
     assert [r["question_id"] for r in base] == [r["question_id"] for r in after]
     assert any(a["text"] != b["text"] for a, b in zip(base, after))
 
@@ -169,7 +171,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(smoke, tmp_path):
     ckpt_epoch = __import__("torch").load(run / "checkpoints" / "last.ckpt", map_location="cpu",
                                           weights_only=True)["epoch"]
     assert ckpt_epoch == 0  # the last checkpoint is the end of round 0
-    assert not (run / "eval" / "round1.json").exists()
+    assert not (run / "eval" / "round-1.json").exists()
     store = next((run / "round-1").glob("store-*/generations.jsonl"))
     stored_bytes = store.stat().st_size
     proc = subprocess.run(_command(run, *extra, "--ckpt_path", "last"), cwd=ROOT, env=_env(), capture_output=True,
@@ -179,13 +181,13 @@ def test_sigkill_then_resume_matches_uninterrupted_run(smoke, tmp_path):
     # nothing regenerated, nothing evaluated twice
     assert "[regenesis] round 1:" in log and "read back from the run directory" in log
     assert "synthesized with the current weights" not in log
-    assert "eval round0" not in log  # round 0's evaluation is in the checkpoint, not repeated
+    assert "eval round-0" not in log  # round 0's evaluation is in the checkpoint, not repeated
     assert store.stat().st_size == stored_bytes
     # same data, same trained adapter, same final metrics as the uninterrupted run with the same seed
     assert (run / "round-1" / "kept.jsonl").read_text() == (smoke.run_dir / "round-1" / "kept.jsonl").read_text()
-    resumed = _json(run / "export" / "round1" / "regenesis_export.json")
-    reference = _json(smoke.run_dir / "export" / "round1" / "regenesis_export.json")
+    resumed = _json(run / "export" / "round-1" / "regenesis_export.json")
+    reference = _json(smoke.run_dir / "export" / "round-1" / "regenesis_export.json")
     assert resumed["trainable_fingerprint"] == reference["trainable_fingerprint"]
-    final, expected = _json(run / "eval" / "round1.json"), _json(smoke.run_dir / "eval" / "round1.json")
+    final, expected = _json(run / "eval" / "round-1.json"), _json(smoke.run_dir / "eval" / "round-1.json")
     assert final["per_task"] == expected["per_task"]
     assert (run / "report.md").is_file()

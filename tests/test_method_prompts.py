@@ -18,7 +18,7 @@ from regenesis_pl.method.prompts import (
     selection_prompt,
     structure_prompt,
 )
-from regenesis_pl.method.seeding import stable_rng, stable_seed
+from regenesis_pl.hashing import stable_rng, stable_seed
 from regenesis_pl.tasks.types import AnswerType, Question
 
 MC = Question(id="m1", task="toy_mc", text="Which animal can fly?", answer_type=AnswerType.MULTIPLE_CHOICE,

@@ -25,13 +25,13 @@ QUESTIONS = [
 @pytest.fixture(scope="module")
 def engine():
     torch = pytest.importorskip("torch")
-    from regenesis_pl.engines.factory import build_engine
+    from regenesis_pl.engines.factory import EngineConfig, build_engine
 
     # One thread: on the shared 2-core machine, 2 threads made decoding ~6x slower (9 s vs 61 s for 12 x 32
     # tokens) because the threads wait on each other whenever one is descheduled.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    eng = build_engine(backend="transformers", model="embedded", batch_size=16, max_model_len=1024)
+    eng = build_engine(EngineConfig(backend="transformers", batch_size=16, max_model_len=1024), "embedded")
     yield eng
     eng.close()
     torch.set_num_threads(threads)

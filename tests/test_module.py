@@ -151,7 +151,7 @@ def adapter_state(module: SFTModule) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 def test_lora_learns_checkpoints_adapters_only_and_resumes_exactly(tmp_path: Path):
-    from regenesis_pl.model.embedded import resolve_model
+    from regenesis_pl.model_source import resolve_model
 
     module = lora_module()
     losses = Losses()

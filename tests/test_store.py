@@ -11,7 +11,8 @@ import json
 
 import pytest
 
-from regenesis_pl.data.export import load_sft_records, sft_dataset, sft_records, write_sft_jsonl
+from regenesis_pl.atomic import write_jsonl
+from regenesis_pl.data.sft_records import load_sft_records, sft_dataset, sft_records
 from regenesis_pl.data.store import CachedEngine, GenerationStore, prepare_store_dir, request_key
 from regenesis_pl.engines.base import Completion, Engine, RequestOutput, SamplingConfig
 from regenesis_pl.method.records import Candidate
@@ -164,6 +165,47 @@ def test_unreadable_middle_line_is_skipped(tmp_path):
     assert store.skipped_lines == 1 and len(store) == 3
 
 
+@pytest.mark.parametrize("bad", ['"completions": null', '"completions": []', '"completions": [{"txt": 1}]',
+                                 '"completions": "text"'])
+def test_line_with_a_key_but_bad_completions_is_skipped_at_load(tmp_path, bad):
+    eng = CachedEngine(EchoEngine(), tmp_path)
+    eng.generate(_convs(2), SAMPLING, request_seeds=[0, 1])
+    eng.store.close()
+    path = tmp_path / "generations.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    key = json.loads(lines[1])["key"]
+    path.write_text(lines[0] + f'{{"key": "{key}", {bad}}}\n')
+    again = CachedEngine(EchoEngine(), tmp_path)
+    assert again.store.skipped_lines == 1 and key not in again.store
+    outs = again.generate(_convs(2), SAMPLING, request_seeds=[0, 1])  # regenerated, not a crash in get()
+    assert (again.hits, again.misses) == (1, 1) and outs[1].completions[0].text.startswith("question 1|seed=1")
+
+
+def test_shards_write_their_own_files_and_read_everyone_s(tmp_path):
+    """Rank r writes generations.rank-r.jsonl; every store indexes all files, so a resume with another number
+    of processes (here: one) finds everything any rank stored."""
+    ranks = [CachedEngine(EchoEngine(), tmp_path, shard=f"rank-{r}") for r in range(2)]
+    ranks[0].generate(_convs(4)[0::2], SAMPLING, request_seeds=[0, 2])
+    ranks[1].generate(_convs(4)[1::2], SAMPLING, request_seeds=[1, 3])
+    for eng in ranks:
+        eng.store.close()
+    assert sorted(p.name for p in tmp_path.glob("generations*.jsonl")) == [
+        "generations.rank-0.jsonl", "generations.rank-1.jsonl"]
+    single = CachedEngine(EchoEngine(), tmp_path)
+    outs = single.generate(_convs(4), SAMPLING, request_seeds=[0, 1, 2, 3])
+    assert (single.hits, single.misses) == (4, 0)
+    assert [o.completions[0].text.split("|")[1] for o in outs] == [f"seed={i}" for i in range(4)]
+    single.store.close()
+    # another rank's torn last line (it may still be writing) is ignored, never cut from its file
+    other = tmp_path / "generations.rank-1.jsonl"
+    size = other.stat().st_size
+    with open(other, "ab") as f:
+        f.write(b'{"key": "half')
+    store = GenerationStore(tmp_path)
+    assert len(store) == 4 and other.stat().st_size == size + 13
+    store.close()
+
+
 def test_engine_error_keeps_stored_work(tmp_path):
     failing = EchoEngine(fail_after_calls=2)
     eng = CachedEngine(failing, tmp_path, flush_every=4)
@@ -231,7 +273,7 @@ def test_sft_export_round_trip(tmp_path):
     assert records[0]["messages"][0]["role"] == "user" and "What is 1 + 1?" in records[0]["messages"][0]["content"]
     assert records[1]["messages"][-1] == {"role": "assistant", "content": "2 + 2 = 4. \\boxed{4}"}
     assert records[1]["hint"] is True and records[1]["guideline_id"] == "g07"
-    path = write_sft_jsonl(records, tmp_path / "kept.jsonl")
+    path = write_jsonl(tmp_path / "kept.jsonl", records)
     assert load_sft_records(path) == records
     ds = sft_dataset(records)
     assert ds.num_rows == 2 and ds[1]["messages"][1]["content"] == "2 + 2 = 4. \\boxed{4}"

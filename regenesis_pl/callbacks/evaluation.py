@@ -1,26 +1,30 @@
-"""In-domain and out-of-domain evaluation during a fit, through the run's generation engine.
+"""In-domain and out-of-domain evaluation during a fit, through the run's generation engines.
 
 The base model is evaluated once before training (so the report has a before/after table), then the model
-after every round, and optionally every N optimizer steps. Each evaluation pushes the current weights into
-the engine (``EngineCallback``), runs greedy zero-shot chain of thought on every task in one engine call
-(``regenesis_pl.evaluation.evaluate_questions``), logs ``eval/<task>/accuracy`` and
-``eval/<task>/parse_rate`` to the Lightning loggers and writes ``<run_dir>/eval/<name>.json`` with the
-per-question records beside it. The best round is the one with the highest mean in-domain accuracy.
-At the end of the fit it writes the run report (``regenesis_pl.report.write_report``).
+after every round (when the loop's owner, ``RoundDriver``, asks), and optionally every N optimizer steps.
+Each evaluation pushes the current weights into the engines (``EngineCallback``); every rank answers its
+share of the questions (greedy zero-shot chain of thought) through the run's evaluation store, so a kill
+during an evaluation regenerates nothing already answered; rank 0 merges the shares, logs
+``eval/<task>/accuracy`` and ``eval/<task>/parse_rate`` to the Lightning loggers and writes
+``<run_dir>/eval/<name>.json`` with the per-question records beside it. The best round is the one with the
+highest mean in-domain accuracy. At the end of the fit it writes the run report.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Callback
 
-from regenesis_pl.report import STOP_FILE
+from regenesis_pl.atomic import write_json, write_jsonl
+from regenesis_pl.callbacks.engine import EngineCallback
+from regenesis_pl.data.datamodule import ReGenesisDataModule
+from regenesis_pl.hashing import digest
+from regenesis_pl.layout import RunLayout, round_name
+from regenesis_pl.sharding import DEFAULT_WAIT_MINUTES, wait_for_files
 from regenesis_pl.tasks.registry import TaskConfig
 
 log = logging.getLogger(__name__)
@@ -59,6 +63,10 @@ class EvaluationCallback(Callback):
             raise ValueError(f"evaluation.max_tokens={max_tokens} must be >= 1")
         if patience is not None and patience < 1:
             raise ValueError(f"evaluation.patience={patience} must be >= 1 or null")
+        self.layout = RunLayout(run_dir)
+        self.engines: EngineCallback | None = None
+        self.data: ReGenesisDataModule | None = None
+        self.wait_minutes = DEFAULT_WAIT_MINUTES
         self.in_domain = list(in_domain)
         self.ood = list(ood or [])
         self.max_tokens = max_tokens
@@ -72,6 +80,7 @@ class EvaluationCallback(Callback):
         self._questions: list | None = None
         self._kinds: dict[str, str] = {}
         self.history: list[dict[str, Any]] = []
+        self.summaries: dict[str, dict[str, Any]] = {}  # this process's evaluations by name (rank 0)
         self.best_round: int | None = None
         self.best_score: float | None = None
         self._evaluated_stage: str | None = None
@@ -109,27 +118,43 @@ class EvaluationCallback(Callback):
             self._questions, self._kinds = questions, kinds
         return self._questions
 
+    def connect(self, engines: EngineCallback, data: ReGenesisDataModule,
+                wait_minutes: float = DEFAULT_WAIT_MINUTES) -> None:
+        """The engines to evaluate with and the data module whose rounds it follows (the fit CLI connects them)."""
+        self.engines, self.data, self.wait_minutes = engines, data, wait_minutes
+
     # ------------------------------------------------------------------------------ evaluating
-    def _engine_callback(self, trainer):
-        from regenesis_pl.callbacks.engine import EngineCallback
-
-        for callback in trainer.callbacks:
-            if isinstance(callback, EngineCallback):
-                return callback
-        raise ValueError("EvaluationCallback needs an EngineCallback among the Trainer's callbacks (the "
-                         "`generation:` section of the fit config)")
-
     def evaluate(self, trainer, pl_module, name: str, round_k: int, kind: str) -> dict[str, Any] | None:
-        """Evaluate the current weights; writes ``eval/<name>.json`` and logs. Returns the summary (rank 0)."""
+        """Evaluate the current weights on every rank; rank 0 writes ``eval/<name>.json``, logs and returns the
+        summary (other ranks return None once every share is written)."""
+        from regenesis_pl.data.store import CachedEngine, prepare_store_dir
         from regenesis_pl.evaluation import evaluate_questions
 
-        questions = self.questions() if trainer.is_global_zero else []
-        engine_cb = self._engine_callback(trainer)
+        if self.engines is None:
+            raise ValueError("EvaluationCallback is not connected to an EngineCallback; build the fit with the "
+                             "regenesis CLI, or call RoundDriver.connect(...) before Trainer.fit")
+        questions = self.questions()
+        shard = self.engines.shard(trainer)
         start = time.perf_counter()
-        with engine_cb.serving(pl_module, purpose=f"eval {name}", round_k=round_k) as engine:
-            if engine is None:
-                return None
-            result = evaluate_questions(engine, questions, max_tokens=self.max_tokens, progress=f"eval {name}")
+        with self.engines.serving(pl_module, purpose=f"eval {name}", round_k=round_k) as engine:
+            weights_id = trainer.strategy.broadcast(engine.weights_id if engine is not None else None, src=0)
+            tag = digest([weights_id, self.max_tokens, [(q.task, q.id) for q in questions], shard.world], 12)
+            parts = lambda rank: self.layout.evaluation_shard(name, tag, rank)
+            cached = None
+            if engine is not None:
+                store_dir = prepare_store_dir(self.layout.eval_dir, {"purpose": "fit evaluation"}, say=log.info)
+                cached = CachedEngine(engine, store_dir, shard=shard.name)
+            try:
+                result = evaluate_questions(cached, questions, max_tokens=self.max_tokens, progress=f"eval {name}",
+                                            shard=shard, parts=parts, wait_minutes=self.wait_minutes)
+                store = cached.stats() if cached is not None else {}
+            finally:
+                if cached is not None:
+                    cached.store.close()
+            if shard.world > 1:  # every rank leaves together, after a file wait rather than inside a collective
+                wait_for_files([parts(r) for r in range(shard.world)], f"eval {name}", self.wait_minutes)
+        if result is None:
+            return None
         seconds = time.perf_counter() - start
         in_domain = [t for t, k in self._kinds.items() if k == "in_domain"]
         ood = [t for t, k in self._kinds.items() if k == "ood"]
@@ -139,24 +164,27 @@ class EvaluationCallback(Callback):
             "in_domain": in_domain, "ood": ood,
             "in_domain_mean": _mean([per_task[t]["accuracy"] for t in in_domain if t in per_task]),
             "ood_mean": _mean([per_task[t]["accuracy"] for t in ood if t in per_task]),
-            "per_task": per_task, "adapter": engine_cb.served_adapter, "weights_id": engine.weights_id,
-            "max_tokens": self.max_tokens, "seconds": round(seconds, 2),
+            "per_task": per_task, "adapter": self.engines.served_adapter, "weights_id": weights_id,
+            "max_tokens": self.max_tokens, "seconds": round(seconds, 2), "processes": shard.world,
+            "store": {"hits": store.get("hits", 0), "misses": store.get("misses", 0)},
         }
-        self._write(name, summary, result.records)
+        write_jsonl(self.layout.evaluation_records(name), result.records)
+        write_json(self.layout.evaluation(name), summary)
         self._log(trainer, summary)
         self.history.append({k: summary[k] for k in ("name", "kind", "round", "step", "in_domain_mean", "ood_mean")})
+        self.summaries[name] = summary
         table = ", ".join(f"{t} {s['accuracy']:.1%} (parsed {s['parse_rate']:.0%})" for t, s in per_task.items())
         log.info("eval %s (step %d): %s", name, trainer.global_step, table)
         return summary
 
-    def _write(self, name: str, summary: dict[str, Any], records: list[dict]) -> None:
-        folder = self.run_dir / "eval"
-        folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / f"{name}_records.jsonl", "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
-        tmp = folder / f"{name}.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2))
-        os.replace(tmp, folder / f"{name}.json")
+    def evaluate_round(self, trainer, pl_module, k: int) -> dict[str, Any] | None:
+        """Round k's evaluation (the loop's owner calls it at the round's end): best round, patience stop."""
+        summary = self.evaluate(trainer, pl_module, round_name(k), round_k=k, kind="round")
+        if summary is not None and summary["in_domain_mean"] is not None:
+            self.record_round(trainer, k, summary["in_domain_mean"])
+        if self.patience is not None:  # the decision is rank 0's (it merges); every rank must stop with it
+            trainer.should_stop = bool(trainer.strategy.broadcast(trainer.should_stop, src=0))
+        return summary
 
     def _log(self, trainer, summary: dict[str, Any]) -> None:
         metrics = {"eval/round": float(summary["round"])}
@@ -177,27 +205,14 @@ class EvaluationCallback(Callback):
             self.evaluate(trainer, pl_module, "base", round_k=-1, kind="base")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        from regenesis_pl.data.datamodule import is_round_end, round_of
-
         step = trainer.global_step
         if not self.every_n_steps or step == 0 or step % self.every_n_steps:
             return
         last = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
-        if last and is_round_end(trainer):
+        if last and self.data.schedule.ends_round(trainer.current_epoch):
             return  # the round-end evaluation follows at once
-        self.evaluate(trainer, pl_module, f"step{step}", round_k=round_of(trainer), kind="periodic")
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        from regenesis_pl.data.datamodule import is_round_end, round_of
-
-        if not is_round_end(trainer):
-            return
-        k = round_of(trainer)
-        summary = self.evaluate(trainer, pl_module, f"round{k}", round_k=k, kind="round")
-        if summary is not None and summary["in_domain_mean"] is not None:
-            self.record_round(trainer, k, summary["in_domain_mean"])
-        if self.patience is not None:  # the decision is rank 0's (it evaluates); every rank must stop with it
-            trainer.should_stop = bool(trainer.strategy.broadcast(trainer.should_stop, src=0))
+        k = self.data.current_round
+        self.evaluate(trainer, pl_module, round_name(k, step), round_k=k, kind="periodic")
 
     def record_round(self, trainer, k: int, score: float) -> None:
         """Track the best round and, with ``patience``, stop the fit after too many rounds without a gain."""
@@ -214,8 +229,7 @@ class EvaluationCallback(Callback):
             if trainer.is_global_zero:
                 decision = {"after_round": k, "patience": self.patience, "rounds_without_gain": self.rounds_without_gain,
                             "bar": bar, "best_round": self.best_round, "best_score": self.best_score}
-                (self.run_dir / "eval").mkdir(parents=True, exist_ok=True)
-                (self.run_dir / "eval" / STOP_FILE).write_text(json.dumps(decision, indent=2))
+                write_json(self.layout.stop_file, decision)
             log.info("round %d: %d round(s) without a gain over %.1f%% (patience %d): stopping; use round %d's "
                      "export", k, self.rounds_without_gain, 100 * bar, self.patience, self.best_round)
 
@@ -235,12 +249,11 @@ class EvaluationCallback(Callback):
         self._evaluated_stage = None
 
     def _evaluate_loaded(self, trainer, pl_module, stage: str) -> None:
-        from regenesis_pl.data.datamodule import round_of
-
         self._evaluated_stage = stage
-        self.evaluate(trainer, pl_module, stage, round_k=round_of(trainer), kind=stage)
+        self.evaluate(trainer, pl_module, stage, round_k=self.data.current_round, kind=stage)
 
-    def on_fit_end(self, trainer, pl_module) -> None:
+    def write_run_report(self, trainer) -> None:
+        """Rank 0: ``report.md`` and its plots from the run's files (the loop's owner calls it at the fit's end)."""
         if self.write_report and trainer.is_global_zero:
             from regenesis_pl.report import write_report
 

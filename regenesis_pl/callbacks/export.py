@@ -1,11 +1,12 @@
 """Round exports: after every round, the trained weights as a Hugging Face folder vLLM and transformers load.
 
-``<run_dir>/export/round{k}/`` holds what the module's ``export_hf`` writes: for LoRA/QLoRA the peft adapter
+``<run_dir>/export/round-<k>/`` holds what the module's ``export_hf`` writes: for LoRA/QLoRA the peft adapter
 (safetensors, ``adapter_config.json`` naming the base model) with the tokenizer and its chat template; for
 full fine-tuning the full safetensors weights with tokenizer and chat template. With ``merged`` a LoRA round
-is also written merged into an unquantized copy of the base (``round{k}-merged``). Each folder gets a
+is also written merged into an unquantized copy of the base (``round-<k>-merged``). Each folder gets a
 ``regenesis_export.json`` (round, step, mode, base model, fingerprint of the trainable weights, the round's
-evaluation), and at the end of the fit ``export/best.json`` names the best round by in-domain accuracy.
+evaluation, handed over in memory by the loop's owner), and at the end of the fit ``export/best.json`` names
+the best round by in-domain accuracy.
 
 With ``audit_frozen`` the frozen weights are hashed when training starts and at every export, and both
 hashes are recorded: proof that training changed only what it should.
@@ -14,7 +15,6 @@ hashes are recorded: proof that training changed only what it should.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from pathlib import Path
@@ -22,6 +22,9 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback
+
+from regenesis_pl.atomic import write_json
+from regenesis_pl.layout import RunLayout
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +48,7 @@ class ExportCallback(Callback):
 
     Args:
         run_dir: Run directory (the fit CLI links it from ``data.run_dir``).
-        merged: LoRA/QLoRA: also write the adapter merged into the unquantized base (``round{k}-merged``), a
+        merged: LoRA/QLoRA: also write the adapter merged into the unquantized base (``round-<k>-merged``), a
             plain model folder (full size on disk).
         audit_frozen: Hash the frozen weights at the start of training and at every export (costs a pass
             over the base weights on the CPU; meant for small models and tests).
@@ -54,6 +57,7 @@ class ExportCallback(Callback):
     def __init__(self, run_dir: str = "runs/fit", merged: bool = False, audit_frozen: bool = False) -> None:
         super().__init__()
         self.run_dir = Path(run_dir)
+        self.layout = RunLayout(run_dir)
         self.merged = merged
         self.audit_frozen = audit_frozen
         self._frozen_at_start: tuple[str, int] | None = None
@@ -69,33 +73,29 @@ class ExportCallback(Callback):
         if self.audit_frozen and trainer.is_global_zero:
             self._frozen_at_start = frozen_fingerprint(pl_module)
 
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        from regenesis_pl.data.datamodule import is_round_end, round_of
-
-        if is_round_end(trainer):
-            self.export_round(trainer, pl_module, round_of(trainer))
-
-    def export_round(self, trainer, pl_module, k: int) -> Path:
-        """Write round k's folder(s); every rank calls this (full weights are gathered under FSDP)."""
+    def export_round(self, trainer, pl_module, k: int, evaluation: dict[str, Any] | None = None) -> Path:
+        """Write round k's folder(s) with the round's evaluation summary (if any) in their meta; every rank
+        calls this (full weights are gathered under FSDP)."""
         start = time.perf_counter()
-        folder = self.run_dir / "export" / f"round{k}"
+        folder = self.layout.export(k)
         pl_module.export_hf(folder, merged=False)
         written = [folder]
         if self.merged and getattr(pl_module, "adapter_only", False):
-            written.append(pl_module.export_hf(self.run_dir / "export" / f"round{k}-merged", merged=True))
+            written.append(pl_module.export_hf(self.layout.export(k, merged=True), merged=True))
         # on every rank: under FSDP the fingerprint gathers the full weights (a collective call)
         fingerprint = getattr(pl_module, "trainable_state_fingerprint", None)
         trainable = fingerprint() if callable(fingerprint) else None
         if trainer.is_global_zero:
-            meta = self._meta(trainer, pl_module, k, trainable)
+            meta = self._meta(trainer, pl_module, k, trainable, evaluation)
             meta["seconds"] = round(time.perf_counter() - start, 2)
             for path in written:
-                (Path(path) / EXPORT_META).write_text(json.dumps({**meta, "merged": path != folder}, indent=2))
+                write_json(Path(path) / EXPORT_META, {**meta, "merged": path != folder})
             log.info("round %d exported to %s in %.1f s", k, ", ".join(str(p) for p in written), meta["seconds"])
         self.exports[k] = str(folder)
         return folder
 
-    def _meta(self, trainer, pl_module, k: int, trainable_fingerprint: str | None) -> dict[str, Any]:
+    def _meta(self, trainer, pl_module, k: int, trainable_fingerprint: str | None,
+              summary: dict[str, Any] | None) -> dict[str, Any]:
         hparams = dict(getattr(pl_module, "hparams", {}) or {})
         meta: dict[str, Any] = {
             "round": k, "step": trainer.global_step, "epoch": trainer.current_epoch,
@@ -103,9 +103,7 @@ class ExportCallback(Callback):
             "trainable_fingerprint": trainable_fingerprint,
             "trainable_params": sum(p.numel() for p in pl_module.parameters() if p.requires_grad),
         }
-        evaluation = self.run_dir / "eval" / f"round{k}.json"
-        if evaluation.is_file():
-            summary = json.loads(evaluation.read_text())
+        if summary is not None:
             meta["evaluation"] = {key: summary.get(key) for key in ("in_domain_mean", "ood_mean")}
             meta["evaluation"]["accuracy"] = {t: s["accuracy"] for t, s in summary.get("per_task", {}).items()}
         if self.audit_frozen:
@@ -114,13 +112,9 @@ class ExportCallback(Callback):
                               "fingerprint_at_train_start": self._frozen_at_start[0] if self._frozen_at_start else None}
         return meta
 
-    def on_fit_end(self, trainer, pl_module) -> None:
-        from regenesis_pl.callbacks.evaluation import EvaluationCallback
-
-        if not trainer.is_global_zero:
+    def write_best(self, trainer, best_round: int | None) -> None:
+        """Rank 0: ``export/best.json`` naming the best round's export (the loop's owner calls it at the end)."""
+        if not trainer.is_global_zero or best_round is None or best_round not in self.exports:
             return
-        best = next((cb.best_round for cb in trainer.callbacks if isinstance(cb, EvaluationCallback)), None)
-        if best is not None and best in self.exports:
-            info = {"round": best, "path": self.exports[best]}
-            (self.run_dir / "export" / "best.json").write_text(json.dumps(info, indent=2))
-            log.info("best round: %d (%s)", best, self.exports[best])
+        write_json(self.layout.best_export, {"round": best_round, "path": self.exports[best_round]})
+        log.info("best round: %d (%s)", best_round, self.exports[best_round])

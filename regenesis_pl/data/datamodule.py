@@ -1,32 +1,24 @@
-"""The LightningDataModule of the self-improvement loop: each round's SFT data is synthesized on the fly.
+"""The LightningDataModule of the self-improvement loop: the settings of each round's data, and its batches.
 
-Rounds map onto epochs: the Trainer runs ``rounds * epochs_per_round`` epochs and asks for its dataloaders
-every epoch (``reload_dataloaders_every_n_epochs=1``); ``train_dataloader()`` serves round
-``k = current_epoch // epochs_per_round``, preparing it once when the round starts. (Reloading only every
-``epochs_per_round`` epochs would drift after a resume inside a round: Lightning counts that interval from
-the last reload, which a checkpoint does not keep.) The round's data comes from ``<run_dir>/round-<k>/`` when this
-configuration already made it (a resumed run regenerates nothing); otherwise it is synthesized with the
-generation engine of ``EngineCallback`` serving the *current* weights (round k+1 is made by round k's
-model), through the resumable store (``regenesis_pl.synthesize.synthesize_to_store``).
-
-With ``restart_from_base`` (STaR/ReST style) the model returns to the base weights at the start of every
-round after the first, once the round's data has been made with the previous round's model.
+Rounds map onto epochs (``regenesis_pl.rounds``): the Trainer runs ``rounds * epochs_per_round`` epochs and
+asks for its dataloaders every epoch (``reload_dataloaders_every_n_epochs=1``); ``train_dataloader()`` serves
+round ``k = current_epoch // epochs_per_round``. (Reloading only every ``epochs_per_round`` epochs would drift
+after a resume inside a round: Lightning counts that interval from the last reload, which a checkpoint does
+not keep.) When a round starts, its SFT records come from the round source that the loop's owner
+(``callbacks.rounds.RoundDriver``) connected: read back from the run directory, or synthesized by every rank
+with the current weights. This module only tokenizes them, holds out the validation share and batches them.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import logging
-import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
-from regenesis_pl.data.export import load_sft_records
 from regenesis_pl.data.sft import (
     LengthGroupedBatchSampler,
     SFTCollator,
@@ -34,51 +26,14 @@ from regenesis_pl.data.sft import (
     encode_conversations,
     split_train_val,
 )
-from regenesis_pl.data.store import config_differences
+from regenesis_pl.hashing import config_differences, config_hash, plain
 from regenesis_pl.method.synthesis import SynthesisConfig
+from regenesis_pl.rounds import RoundSchedule
 from regenesis_pl.tasks.registry import TaskConfig
 
 log = logging.getLogger(__name__)
 
-ROUND_MARKER = "fit_round.json"
-
-
-def epochs_per_round_of(trainer) -> int:
-    """Epochs per round of a running fit (1 when the Trainer has no ReGenesis DataModule)."""
-    return max(1, int(getattr(getattr(trainer, "datamodule", None), "epochs_per_round", 1) or 1))
-
-
-def round_of(trainer) -> int:
-    """The self-improvement round (0-based) the Trainer is in (validate/test: the loaded checkpoint's round)."""
-    datamodule = getattr(trainer, "datamodule", None)
-    if isinstance(datamodule, ReGenesisDataModule):
-        return datamodule.current_round
-    return trainer.current_epoch // epochs_per_round_of(trainer)
-
-
-def is_round_end(trainer) -> bool:
-    """Whether the epoch now ending (call from ``on_train_epoch_end``) is the last epoch of its round."""
-    return (trainer.current_epoch + 1) % epochs_per_round_of(trainer) == 0
-
-
-def plain(value: Any) -> Any:
-    """JSON-ready form of configs: dataclasses, namespaces, mappings, sequences, paths and enums."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return plain(dataclasses.asdict(value))
-    if hasattr(value, "as_dict"):  # jsonargparse Namespace
-        return plain(value.as_dict())
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(getattr(value, "value", value))
-
-
-def config_hash(config: dict[str, Any]) -> str:
-    """Short stable hash of a JSON-ready configuration."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+RoundSource = Callable[[int], tuple[list[dict[str, Any]], str]]  # round k -> (SFT records, where they came from)
 
 
 class ReGenesisDataModule(LightningDataModule):
@@ -97,7 +52,7 @@ class ReGenesisDataModule(LightningDataModule):
         batch_size: Records per training batch (per process).
         val_fraction: Share of a round's questions whose paths are held out for the validation loss.
         num_workers: DataLoader worker processes (0 = load in the training process).
-        run_dir: Run directory; round k's synthesis lives in ``<run_dir>/round-<k>/``.
+        run_dir: Run directory (``regenesis_pl.layout``); round k's synthesis lives in ``<run_dir>/round-<k>/``.
         flush_every: Generation requests per durable store sub-batch (raise it on GPUs, e.g. 256).
         seed: Seed of the batch order and of the held-out split.
     """
@@ -107,14 +62,15 @@ class ReGenesisDataModule(LightningDataModule):
                  overflow: Literal["drop", "truncate"] = "drop", batch_size: int = 4, val_fraction: float = 0.1,
                  num_workers: int = 0, run_dir: str = "runs/fit", flush_every: int = 32, seed: int = 0) -> None:
         super().__init__()
-        if rounds < 1 or epochs_per_round < 1:
-            raise ValueError(f"data: rounds={rounds} and epochs_per_round={epochs_per_round} must be >= 1")
+        self.schedule = RoundSchedule(rounds, epochs_per_round)
         if batch_size < 1 or max_length < 8:
             raise ValueError(f"data: batch_size={batch_size} must be >= 1 and max_length={max_length} >= 8")
         if not 0 <= val_fraction < 1:
             raise ValueError(f"data: val_fraction={val_fraction} must be in [0, 1)")
         if overflow not in ("drop", "truncate"):
             raise ValueError(f"data: overflow={overflow!r}; use 'drop' or 'truncate'")
+        if flush_every < 1:
+            raise ValueError(f"data: flush_every={flush_every} must be >= 1")
         self.train_task = train_task
         self.synthesis = synthesis or SynthesisConfig()
         self.rounds = rounds
@@ -128,14 +84,18 @@ class ReGenesisDataModule(LightningDataModule):
         self.run_dir = Path(run_dir)
         self.flush_every = flush_every
         self.seed = seed
+        self.resumed = False
+        self._source: RoundSource | None = None
         self._questions = None
         self._round: int | None = None
         self._train: SFTDataset | None = None
         self._val: SFTDataset | None = None
-        self._reset_done: set[int] = set()
-        self._resumed = False
         self._checkpoint_epoch: int | None = None
         self.round_info: dict[int, dict[str, Any]] = {}
+
+    def connect_round_source(self, source: RoundSource) -> None:
+        """Where each round's records come from (the loop's owner connects itself before fitting)."""
+        self._source = source
 
     # ------------------------------------------------------------------------------ configuration identity
     def run_config(self) -> dict[str, Any]:
@@ -157,7 +117,7 @@ class ReGenesisDataModule(LightningDataModule):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """When fitting, refuse a checkpoint written by another configuration (one line naming the differing
         settings); validate/test only warn."""
-        changed = self._changes_from(state_dict.get("config"), state_dict.get("config_hash"), "checkpoint")
+        changed = self.changes_from(state_dict.get("config"), state_dict.get("config_hash"), "checkpoint")
         fitting = self.trainer is None or self.trainer.state.fn == "fit"
         if changed and not fitting:  # validate/test only read the weights: say it, do not refuse
             log.warning("checkpoint was written by another configuration (differs in: %s)", ", ".join(changed[:8]))
@@ -165,11 +125,11 @@ class ReGenesisDataModule(LightningDataModule):
             raise ValueError(f"checkpoint was written by another configuration (differs in: "
                              f"{', '.join(changed[:8])}); resume with the config it was made with, or start a new "
                              "run_dir without --ckpt_path")
-        self._resumed = True
+        self.resumed = True
         self._checkpoint_epoch = state_dict.get("epoch")
         self.round_info = {int(k): v for k, v in state_dict.get("round_info", {}).items()}
 
-    def _changes_from(self, old: dict | None, old_hash: str | None, what: str) -> list[str]:
+    def changes_from(self, old: dict | None, old_hash: str | None, what: str) -> list[str]:
         """Settings that differ between a saved configuration and this one. Settings the saved one lacks (added
         by a newer regenesis_pl) are taken at their current values, with a warning."""
         current = self.run_config()
@@ -199,8 +159,8 @@ class ReGenesisDataModule(LightningDataModule):
         if self.trainer is None:
             return 0
         if self.trainer.state.fn != "fit" and self._checkpoint_epoch is not None:
-            return min(self._checkpoint_epoch // self.epochs_per_round, self.rounds - 1)
-        return self.trainer.current_epoch // self.epochs_per_round
+            return min(self.schedule.round_of(self._checkpoint_epoch), self.rounds - 1)
+        return self.schedule.round_of(self.trainer.current_epoch)
 
     def questions(self):
         """The training questions (loaded once)."""
@@ -213,75 +173,13 @@ class ReGenesisDataModule(LightningDataModule):
                                  "and limit")
         return self._questions
 
-    def _engine_callback(self):
-        from regenesis_pl.callbacks.engine import EngineCallback
-
-        found = [cb for cb in self.trainer.callbacks if isinstance(cb, EngineCallback)]
-        if not found:
-            raise ValueError("ReGenesisDataModule needs an EngineCallback among the Trainer's callbacks to "
-                             "synthesize round data; add it (the `engine:` section of the fit config)")
-        return found[0]
-
-    def _stored_records(self, k: int) -> list[dict[str, Any]] | None:
-        """Round k's SFT records when this run (or this configuration) already made them, else None.
-
-        When resuming from a checkpoint the stored rounds are the run's own (the checkpoint's configuration was
-        checked on load) and are always read back: regenerating one would use later weights.
-        """
-        folder = self.run_dir / f"round-{k}"
-        try:
-            marker = json.loads((folder / ROUND_MARKER).read_text())
-        except (FileNotFoundError, ValueError):
-            return None
-        if not self._resumed and self._changes_from(marker.get("config"), marker.get("config_hash"),
-                                                    f"{folder / ROUND_MARKER}"):
-            log.info("round %d: %s was made by another configuration; synthesizing again (the store reuses "
-                     "whatever generations still apply)", k, folder)
-            return None
-        return load_sft_records(folder / "kept.jsonl")
-
-    def _synthesize(self, k: int) -> list[dict[str, Any]]:
-        """Make round k's data with the engine serving the current weights; every rank gets the records."""
-        from regenesis_pl.synthesize import EmptyRoundError, round_dir, synthesize_to_store
-
-        trainer, module = self.trainer, self.trainer.lightning_module
-        callback = self._engine_callback()
-        folder = round_dir(self.run_dir, k)
-        with callback.serving(module, purpose=f"synthesis round {k}") as engine:
-            if engine is not None:  # global rank 0 generates; the others read the files it wrote
-                try:
-                    result = synthesize_to_store(engine, self.questions(), self.synthesis, round=k,
-                                                 run_dir=self.run_dir, flush_every=self.flush_every,
-                                                 require_kept=True, model=callback.model_name(module),
-                                                 adapter=callback.served_adapter, say=log.info)
-                except EmptyRoundError as err:
-                    raise EmptyRoundError(f"{err} (files in {folder})") from None
-                config = self.run_config()
-                marker = {"round": k, "config_hash": config_hash(config), "config": config,
-                          "weights_id": engine.weights_id,
-                          "adapter": callback.served_adapter, "kept": len(result.kept),
-                          "store": result.stats.get("store", {})}
-                tmp = folder / (ROUND_MARKER + ".tmp")
-                tmp.write_text(json.dumps(marker, indent=2))
-                os.replace(tmp, folder / ROUND_MARKER)
-        trainer.strategy.barrier("regenesis-round-data")
-        return load_sft_records(folder / "kept.jsonl")
-
     def _prepare_round(self, k: int) -> None:
         if self._round == k:
             return
-        for callback in self.trainer.callbacks:
-            if hasattr(callback, "begin_round"):
-                callback.begin_round(k)  # the engine callback times rounds from here
-        records = self._stored_records(k)
-        # Rank 0 decides, so every rank takes the same path (synthesis pushes weights collectively).
-        stored = self.trainer.strategy.broadcast(records is not None, src=0)
-        source = "read back from the run directory (nothing regenerated)"
-        if not stored:
-            records = self._synthesize(k)
-            source = "synthesized with the current weights"
-        elif records is None:
-            records = load_sft_records(self.run_dir / f"round-{k}" / "kept.jsonl")
+        if self._source is None:
+            raise ValueError("ReGenesisDataModule: no round source is connected; build the fit with the regenesis "
+                             "CLI, or call RoundDriver.connect(...) before Trainer.fit")
+        records, source = self._source(k)
         tokenizer = self.trainer.lightning_module.tokenizer
         train_recs, val_recs = split_train_val(records, self.val_fraction, seed=self.seed + k,
                                                key=lambda r: r["question_id"])
@@ -301,17 +199,6 @@ class ReGenesisDataModule(LightningDataModule):
                  "truncated)", k, len(records), source, info["train"], info["val"], info["dropped_too_long"],
                  info["truncated"])
 
-    def _maybe_restart(self, k: int) -> None:
-        """At the start of round k > 0 (not when resuming inside it), return the model to the base weights."""
-        trainer = self.trainer
-        if not self.restart_from_base or k == 0 or k in self._reset_done:
-            return
-        self._reset_done.add(k)
-        if trainer.current_epoch % self.epochs_per_round != 0:
-            return  # resumed mid-round: the checkpoint already holds this round's partly trained weights
-        log.info("round %d: restart_from_base: training starts again from the base model", k)
-        trainer.lightning_module.reset_to_base(seed=self.seed + k)
-
     # ------------------------------------------------------------------------------ dataloaders
     def _loader(self, dataset: SFTDataset, shuffle: bool, epoch_seed: int) -> DataLoader:
         trainer = self.trainer
@@ -324,12 +211,8 @@ class ReGenesisDataModule(LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         """Batches of the current round's training records (length-grouped, seeded by the epoch)."""
-        k = self.current_round
-        if k >= self.rounds:
-            raise ValueError(f"epoch {self.trainer.current_epoch} is past the last round ({self.rounds} rounds x "
-                             f"{self.epochs_per_round} epochs); raise data.rounds to train more rounds")
-        self._prepare_round(k)
-        self._maybe_restart(k)
+        self.schedule.check_epoch(self.trainer.current_epoch)
+        self._prepare_round(self.current_round)
         return self._loader(self._train, shuffle=True, epoch_seed=self.seed)
 
     def val_dataloader(self):
@@ -354,4 +237,3 @@ def _lookup(config: Any, dotted: str) -> Any:
             return _MISSING
         config = config[part]
     return config
-

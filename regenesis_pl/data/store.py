@@ -2,8 +2,8 @@
 
 ``CachedEngine`` wraps any ``Engine``. Each request is keyed by what determines its output: the served
 weights (``engine.weights_id``: base model + adapter), the exact rendered prompt text, the sampling
-settings (without the base seed) and the request's own seed. Hits are read back from
-``generations.jsonl``; misses are generated in sub-batches of ``flush_every`` requests, and each
+settings (without the base seed) and the request's own seed. Hits are read back from the store's
+``generations*.jsonl`` files (one per writing process); misses are generated in sub-batches of ``flush_every`` requests, and each
 sub-batch is appended, flushed and fsynced before the next starts, so a kill loses at most the
 sub-batch in flight. A stage function that calls ``engine.generate`` becomes resumable without knowing.
 
@@ -15,7 +15,6 @@ settings says so in one line and reuses nothing written under the old settings.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -24,22 +23,22 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from regenesis_pl.atomic import write_json
 from regenesis_pl.chat import render_prompt
 from regenesis_pl.engines.base import Completion, Conversation, Engine, RequestOutput, SamplingConfig
-from regenesis_pl.engines.requests import resolve_request_seeds
+from regenesis_pl.hashing import config_differences, digest, resolve_request_seeds
 
 log = logging.getLogger(__name__)
 
 STORE_FILE = "generations.jsonl"
 META_FILE = "meta.json"
-FORMAT_VERSION = 1  # bump when the key or record layout changes: old stores then simply miss
+FORMAT_VERSION = 2  # bump when the key or record layout changes: old stores then simply miss
 
 
 def request_key(weights_id: str, prompt: str, sampling: SamplingConfig, seed: int) -> str:
     """The store key of one request: sha256 over weights, prompt text, settings (seed excluded) and seed."""
     settings = dataclasses.replace(sampling, seed=0).key()
-    payload = json.dumps([FORMAT_VERSION, weights_id, settings, int(seed), prompt], ensure_ascii=False)
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+    return digest([FORMAT_VERSION, weights_id, settings, int(seed), prompt], length=64)
 
 
 def _output_to_json(out: RequestOutput) -> dict[str, Any]:
@@ -56,6 +55,8 @@ def _output_to_json(out: RequestOutput) -> dict[str, Any]:
 
 
 def _output_from_json(rec: dict[str, Any]) -> RequestOutput:
+    if not isinstance(rec.get("completions"), list) or not rec["completions"]:
+        raise ValueError("no completions list")
     return RequestOutput(
         completions=[Completion(**c) for c in rec["completions"]],
         prompt_tokens=rec.get("prompt_tokens", 0),
@@ -64,51 +65,60 @@ def _output_from_json(rec: dict[str, Any]) -> RequestOutput:
 
 
 class GenerationStore:
-    """An append-only JSONL file of request outputs with an in-memory index ``key -> (offset, length)``.
+    """Append-only JSONL files of request outputs with an in-memory index ``key -> (file, offset, length)``.
 
-    One writer at a time: an open store holds an exclusive advisory lock on its file (POSIX), so a second
-    process (or a second open store in this process) pointed at the same directory fails with a clear error
-    instead of interleaving lines. ``close()`` (or the end of the process, even by SIGKILL) releases it.
+    Each process writes its own file: ``generations.jsonl`` for a single process, ``generations.rank-<r>.jsonl``
+    for rank r of a sharded run (``shard``). Every ``generations*.jsonl`` in the folder is indexed, so a run
+    resumed with another number of processes still finds everything any rank stored. The own file is held
+    under an exclusive advisory lock (POSIX): a second writer for the same shard fails with a clear error
+    instead of interleaving lines; ``close()`` (or the end of the process, even by SIGKILL) releases it.
 
     Args:
-        store_dir: Directory holding ``generations.jsonl`` (created when missing).
+        store_dir: Directory holding the generation files (created when missing).
+        shard: This writer's shard name ("" for a single process, ``rank-<r>`` for rank r).
     """
 
-    def __init__(self, store_dir: str | os.PathLike) -> None:
+    def __init__(self, store_dir: str | os.PathLike, shard: str = "") -> None:
         self.dir = Path(store_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.path = self.dir / STORE_FILE
-        self._index: dict[str, tuple[int, int]] = {}
+        self.path = self.dir / (STORE_FILE if not shard else STORE_FILE.replace(".jsonl", f".{shard}.jsonl"))
+        self._index: dict[str, tuple[Path, int, int]] = {}
         self.skipped_lines = 0  # torn or unreadable lines met on load (each warned about)
         self._writer = open(self.path, "ab")  # noqa: SIM115 - kept open for the store's lifetime
+        self._readers: dict[Path, Any] = {}
         try:
             _lock(self._writer, self.path)
-            self._size = self._load()
+            self._size = self._load(self.path, own=True)
+            for other in sorted(self.dir.glob("generations*.jsonl")):
+                if other != self.path:
+                    self._load(other, own=False)
         except BaseException:
             self._writer.close()
             raise
-        self._reader = open(self.path, "rb")  # noqa: SIM115
 
-    def _load(self) -> int:
-        """Index the file; cut a torn last line (a kill mid-write) so appends start clean. Returns the size."""
-        data = self.path.read_bytes()
+    def _load(self, path: Path, own: bool) -> int:
+        """Index one file. A torn last line (a kill mid-write) is cut from the own file so appends start clean,
+        and ignored in another rank's file (that rank may still be writing it). Returns the indexed size."""
+        data = path.read_bytes()
         tail = data.rfind(b"\n") + 1  # bytes after the last line end belong to a torn line
-        if tail < len(data):
+        if tail < len(data) and own:
             self.skipped_lines += 1
             log.warning("store %s: skipping a torn last line (%d bytes, no line end); its request will be "
-                        "generated again", self.path, len(data) - tail)
-            with open(self.path, "r+b") as f:
+                        "generated again", path, len(data) - tail)
+            with open(path, "r+b") as f:
                 f.truncate(tail)
         offset = 0
         for number, line in enumerate(data[:tail].split(b"\n")[:-1], start=1):
             try:
-                key = json.loads(line)["key"]
-            except (ValueError, KeyError, TypeError) as err:
+                rec = json.loads(line)
+                key = rec["key"]
+                _output_from_json(rec)  # a line with a key but unusable completions is skipped here, not in get()
+            except (ValueError, KeyError, TypeError, AttributeError) as err:
                 self.skipped_lines += 1
                 log.warning("store %s: skipping unreadable line %d (%s); its request will be generated "
-                            "again", self.path, number, str(err)[:80])
+                            "again", path, number, str(err)[:80])
             else:
-                self._index[key] = (offset, len(line) + 1)
+                self._index[key] = (path, offset, len(line) + 1)
             offset += len(line) + 1
         return tail
 
@@ -123,10 +133,14 @@ class GenerationStore:
         loc = self._index.get(key)
         if loc is None:
             return None
-        self._reader.seek(loc[0])
-        rec = json.loads(self._reader.read(loc[1]))
+        path, offset, length = loc
+        reader = self._readers.get(path)
+        if reader is None:
+            reader = self._readers[path] = open(path, "rb")  # noqa: SIM115 - closed in close()
+        reader.seek(offset)
+        rec = json.loads(reader.read(length))
         if rec.get("key") != key:
-            raise RuntimeError(f"store {self.path} changed under this process (another writer?); "
+            raise RuntimeError(f"store {path} changed under this process (another writer?); "
                                "use one run directory per running job")
         return _output_from_json(rec)
 
@@ -136,7 +150,7 @@ class GenerationStore:
         for key, out, info in items:
             line = (json.dumps({"key": key, **info, **_output_to_json(out)}, ensure_ascii=False) + "\n")
             encoded = line.encode("utf-8")
-            self._index[key] = (offset, len(encoded))
+            self._index[key] = (self.path, offset, len(encoded))
             chunks.append(encoded)
             offset += len(encoded)
         self._writer.write(b"".join(chunks))
@@ -145,7 +159,7 @@ class GenerationStore:
         self._size = offset
 
     def close(self) -> None:
-        for f in (self._writer, self._reader):
+        for f in (self._writer, *self._readers.values()):
             if not f.closed:
                 f.close()
 
@@ -170,13 +184,14 @@ class CachedEngine:
         store_dir: Store directory (``generations.jsonl`` inside).
         flush_every: Requests per generation sub-batch; each sub-batch is made durable before the next.
             Small values lose less work on a kill; on a GPU raise it (e.g. 256) so the engine batches fully.
+        shard: This process's shard name (see ``GenerationStore``); "" for a single process.
     """
 
-    def __init__(self, engine: Engine, store_dir: str | os.PathLike, flush_every: int = 32) -> None:
+    def __init__(self, engine: Engine, store_dir: str | os.PathLike, flush_every: int = 32, shard: str = "") -> None:
         if flush_every < 1:
             raise ValueError(f"CachedEngine: flush_every={flush_every} must be >= 1")
         self.engine = engine
-        self.store = GenerationStore(store_dir)
+        self.store = GenerationStore(store_dir, shard)
         self.flush_every = flush_every
         self.name = f"cached({engine.name})"
         self.hits = 0            # requests answered from the store
@@ -232,7 +247,7 @@ class CachedEngine:
         progress: str | None = None,
     ) -> list[RequestOutput]:
         """Like ``Engine.generate``; requests already in the store are not generated again."""
-        request_seeds = resolve_request_seeds(len(conversations), sampling, request_seeds)
+        request_seeds = resolve_request_seeds(len(conversations), sampling.seed, request_seeds)
         weights = self.engine.weights_id
         keys = [request_key(weights, render_prompt(self.tokenizer, conv), sampling, seed)
                 for conv, seed in zip(conversations, request_seeds)]
@@ -303,24 +318,9 @@ class _StageBar:
 
 
 # -- run directories ------------------------------------------------------------------------------------
-def meta_hash(meta: dict[str, Any]) -> str:
-    """Short stable hash of a run's meta (JSON with sorted keys)."""
-    return hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
 def _describe(meta: dict[str, Any]) -> str:
     keys = ("method", "round", "model", "adapter")
     return " ".join(f"{k}={meta.get(k)}" for k in keys if k in meta)
-
-
-def config_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two (nested) settings dicts."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        out = []
-        for key in sorted(set(old) | set(new)):
-            out += config_differences(old.get(key), new.get(key), f"{prefix}{key}.")
-        return out
-    return [] if old == new else [prefix.rstrip(".")]
 
 
 def prepare_store_dir(run_dir: str | os.PathLike, meta: dict[str, Any],
@@ -338,21 +338,19 @@ def prepare_store_dir(run_dir: str | os.PathLike, meta: dict[str, Any],
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     meta = json.loads(json.dumps(meta, sort_keys=True, default=str))
-    digest = meta_hash(meta)
+    meta_hash = digest(meta, 12)
     meta_path = run_dir / META_FILE
     if meta_path.exists():
         try:
             old = json.loads(meta_path.read_text())
         except ValueError:
             old = {"unreadable": str(meta_path)}
-        if meta_hash(old) != digest:
+        if digest(old, 12) != meta_hash:
             changed = ", ".join(config_differences(old, meta)[:6]) or "?"
             say(f"store at {run_dir} was written by {_describe(old)} (differs in: {changed}); "
-                f"reusing nothing from it: new generations go to store-{digest}")
-    store_dir = run_dir / f"store-{digest}"
+                f"reusing nothing from it: new generations go to store-{meta_hash}")
+    store_dir = run_dir / f"store-{meta_hash}"
     store_dir.mkdir(exist_ok=True)
     for path in (meta_path, store_dir / META_FILE):
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
-        os.replace(tmp, path)
+        write_json(path, meta)
     return store_dir

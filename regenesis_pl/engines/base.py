@@ -6,10 +6,11 @@ Backends (``vllm_engine.VLLMEngine``, ``hf_engine.TransformersEngine``) render p
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Protocol, runtime_checkable
+
+from regenesis_pl.hashing import digest
 
 Message = dict[str, str]
 Conversation = list[Message]
@@ -55,7 +56,7 @@ class SamplingConfig:
 
     def key(self) -> str:
         """Stable short hash of the settings (part of store/cache keys)."""
-        return hashlib.sha256(repr(sorted(asdict(self).items())).encode()).hexdigest()[:16]
+        return digest(asdict(self))
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from regenesis_pl.engines.base import Completion, Conversation, RequestOutput, SamplingConfig
 from regenesis_pl.engines.fingerprint import weights_fingerprint
-from regenesis_pl.engines.requests import (
+from regenesis_pl.engines.prompt_jobs import (
     Job,
     cut_at_stop,
     encode_conversations,
@@ -56,29 +56,24 @@ class TransformersEngine:
 
     Args:
         model: A local HF model folder (see ``resolve_model``) or a hub id.
+        config: The engine settings (``EngineConfig``: dtype, max_model_len, batch_size, trust_remote_code).
         adapter: A peft adapter folder to serve from the start, or None.
-        dtype: "auto" (float32 on CPU, bfloat16 on CUDA), "float32", "bfloat16" or "float16".
-        max_model_len: Prompt + generated tokens limit per request.
-        batch_size: Completions generated together (requests are sorted by prompt length first).
-        trust_remote_code: Allow model code from the model folder (off by default).
+        device: Where the model runs ("cuda:1", "cpu"); None: the first GPU when there is one, else the CPU.
     """
 
     name = "transformers"
 
-    def __init__(self, model: str, adapter: str | None = None, dtype: str = "auto", max_model_len: int = 2048,
-                 batch_size: int = 16, trust_remote_code: bool = False):
+    def __init__(self, model: str, config, adapter: str | None = None, device: str | None = None):
         import torch
 
-        if batch_size < 1:
-            raise ValueError(f"batch_size={batch_size} must be >= 1")
         start = time.perf_counter()
         self.timings: dict[str, list[float]] = defaultdict(list)
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.dtype = resolve_dtype(dtype, self.device.type == "cuda")
-        self.max_model_len = max_model_len
-        self.batch_size = batch_size
-        self.trust_remote_code = trust_remote_code
-        self._tokenizer = load_chat_tokenizer(model, trust_remote_code)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.dtype = resolve_dtype(config.dtype, self.device.type == "cuda")
+        self.max_model_len = config.max_model_len
+        self.batch_size = config.batch_size
+        self.trust_remote_code = config.trust_remote_code
+        self._tokenizer = load_chat_tokenizer(model, config.trust_remote_code)
         self._model_dir = model
         self._base = self._load_base(model)
         self._peft = None
@@ -217,7 +212,7 @@ class TransformersEngine:
         import torch
         from transformers import AutoModelForCausalLM
 
-        from regenesis_pl.model.embedded import hub_load_error
+        from regenesis_pl.model_source import hub_load_error
 
         try:
             base = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, self.dtype),

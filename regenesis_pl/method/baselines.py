@@ -13,10 +13,10 @@ from collections.abc import Sequence
 
 from regenesis_pl.chat import user_prompt
 from regenesis_pl.engines.base import Conversation, Engine, SamplingConfig
+from regenesis_pl.hashing import stable_seed
+from regenesis_pl.method.ledger import TokenLedger, run_stage
 from regenesis_pl.method.prompts import hint_answer
 from regenesis_pl.method.records import Candidate, Verdict
-from regenesis_pl.method.seeding import stable_seed
-from regenesis_pl.method.usage import TokenLedger, run_stage
 from regenesis_pl.tasks.types import AnswerType, Question
 
 FEWSHOT_ID = "fewshot"

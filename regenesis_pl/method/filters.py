@@ -23,10 +23,10 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 
 from regenesis_pl.engines.base import Engine, SamplingConfig
+from regenesis_pl.hashing import stable_rng, stable_seed
+from regenesis_pl.method.ledger import TokenLedger, run_stage
 from regenesis_pl.method.prompts import judge_prompt, parse_judgement
 from regenesis_pl.method.records import Candidate, Verdict
-from regenesis_pl.method.seeding import stable_rng, stable_seed
-from regenesis_pl.method.usage import TokenLedger, run_stage
 from regenesis_pl.tasks.grading import canonical_answer, extract_answer, grade
 from regenesis_pl.tasks.types import Question
 

@@ -19,7 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from regenesis_pl.engines.base import Conversation, Engine, SamplingConfig
+from regenesis_pl.hashing import stable_rng, stable_seed
 from regenesis_pl.method.guidelines import Guideline
+from regenesis_pl.method.ledger import TokenLedger, run_stage
 from regenesis_pl.method.prompts import (
     adapt_prompt,
     parse_selection,
@@ -28,8 +30,6 @@ from regenesis_pl.method.prompts import (
     structure_prompt,
 )
 from regenesis_pl.method.records import Candidate
-from regenesis_pl.method.seeding import stable_rng, stable_seed
-from regenesis_pl.method.usage import TokenLedger, run_stage
 from regenesis_pl.tasks.types import Question
 
 STAGES = ("adapt", "structure", "path")

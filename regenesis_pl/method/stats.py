@@ -6,8 +6,8 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 
 from regenesis_pl.method.filters import normalize
+from regenesis_pl.method.ledger import TokenLedger
 from regenesis_pl.method.records import Candidate, Verdict
-from regenesis_pl.method.usage import TokenLedger
 from regenesis_pl.tasks.grading import grade
 from regenesis_pl.tasks.types import Question
 

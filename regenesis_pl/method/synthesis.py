@@ -8,16 +8,17 @@ those. Zero kept paths is not an error here: the stats show it and the caller de
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 from regenesis_pl.engines.base import Engine, SamplingConfig
 from regenesis_pl.method.baselines import cot_samples, gt_candidates
 from regenesis_pl.method.filters import filter_candidates
 from regenesis_pl.method.guidelines import load_guidelines
+from regenesis_pl.method.ledger import TokenLedger
 from regenesis_pl.method.records import Candidate
 from regenesis_pl.method.regenesis import STAGES, hint_drafts, paper_drafts, run_stages, select_guidelines
 from regenesis_pl.method.stats import round_stats
-from regenesis_pl.method.usage import TokenLedger
 from regenesis_pl.tasks.types import Question
 
 METHODS = ("regenesis", "star", "lmsi", "gt")
@@ -114,17 +115,23 @@ class SynthesisConfig:
 
 @dataclass
 class RoundResult:
-    """What a round produced.
+    """What a round (or one shard of a round's questions) produced.
 
     Attributes:
         candidates: Every candidate (main and hint pass) with its verdict.
         kept: The kept candidates (the SFT data of the round).
         stats: JSON-serializable summary (see ``stats.round_stats``) plus method, round and config.
+        ledger: Engine usage by stage.
+        hint_questions: Ids of the questions that went through the hint pass.
+        skipped: Counted skips (unparsed selections, questions without a rationale, ...).
     """
 
     candidates: list[Candidate]
     kept: list[Candidate]
     stats: dict
+    ledger: TokenLedger = field(default_factory=TokenLedger)
+    hint_questions: list[str] = field(default_factory=list)
+    skipped: dict = field(default_factory=dict)
 
 
 def _check_questions(questions: list[Question], config: SynthesisConfig) -> None:
@@ -231,6 +238,35 @@ def synthesize_round(engine: Engine | None, questions: list[Question], config: S
                 made, retried = _cot_chunk(engine, chunk, config, round, ledger)
             candidates += made
             hint_questions += retried
+    return _result(candidates, questions, config, round, ledger, hint_questions, skipped)
+
+
+def _result(candidates, questions, config, round, ledger, hint_questions, skipped) -> RoundResult:
     stats = round_stats(candidates, questions, ledger, hint_questions, skipped)
     stats = {"method": config.method, "round": round, **stats, "config": asdict(config)}
-    return RoundResult(candidates=candidates, kept=[c for c in candidates if c.kept], stats=stats)
+    return RoundResult(candidates=candidates, kept=[c for c in candidates if c.kept], stats=stats, ledger=ledger,
+                       hint_questions=list(hint_questions), skipped=dict(skipped))
+
+
+def merge_shards(parts: list[RoundResult], questions: list[Question], config: SynthesisConfig,
+                 round: int = 0) -> RoundResult:
+    """One round's result from the results of disjoint shards of its questions.
+
+    Every filter works per question and every request seed comes from question identity, so the merged
+    result equals what one process synthesizing all ``questions`` would produce: candidates are ordered by
+    the questions' order (each question's candidates keep their own order), counts and ledgers add up.
+    """
+    position = {q.id: i for i, q in enumerate(questions)}
+    candidates = [c for part in parts for c in part.candidates]
+    unknown = sorted({c.question_id for c in candidates} - set(position))
+    if unknown:
+        raise ValueError(f"merge_shards: candidates of {len(unknown)} question(s) not in this round, e.g. "
+                         f"{unknown[0]!r}; the shards were made for other questions")
+    candidates.sort(key=lambda c: position[c.question_id])  # stable: per-question order is kept
+    ledger, skipped = TokenLedger(), Counter()
+    for part in parts:
+        ledger.add(part.ledger)
+        skipped.update(part.skipped)
+    hinted = {qid for part in parts for qid in part.hint_questions}
+    hint_questions = [q.id for q in questions if q.id in hinted]
+    return _result(candidates, questions, config, round, ledger, hint_questions, dict(skipped))

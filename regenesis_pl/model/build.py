@@ -11,7 +11,7 @@ from typing import Literal
 
 import torch
 
-from regenesis_pl.model.embedded import resolve_model
+from regenesis_pl.model_source import resolve_model
 
 Mode = Literal["full", "lora", "qlora"]
 MODES = ("full", "lora", "qlora")
@@ -192,6 +192,6 @@ def _load_error(path: str, err: OSError) -> OSError:
     if os.path.isdir(path):
         return OSError(f"could not load {path!r}: {str(err).splitlines()[0]} (safetensors weights are required; "
                        "convert .bin checkpoints with save_pretrained(safe_serialization=True))")
-    from regenesis_pl.model.embedded import hub_load_error
+    from regenesis_pl.model_source import hub_load_error
 
     return hub_load_error(path, err)

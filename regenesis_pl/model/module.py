@@ -22,8 +22,8 @@ from lightning.pytorch.strategies import FSDPStrategy
 
 from regenesis_pl.data.sft import IGNORE_INDEX
 from regenesis_pl.model.build import MODES, build_model, load_tokenizer, resolve_dtype
-from regenesis_pl.model.embedded import resolve_model
 from regenesis_pl.model.strategy import check_strategy
+from regenesis_pl.model_source import resolve_model
 
 SCHEDULERS = ("cosine", "linear", "constant")
 

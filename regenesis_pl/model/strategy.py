@@ -14,7 +14,7 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, Strategy
 from torch import nn
 
-from regenesis_pl.model.embedded import resolve_model
+from regenesis_pl.model_source import resolve_model
 
 StrategyName = Literal["auto", "ddp", "fsdp"]
 

@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import random
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -34,6 +33,7 @@ import zipfile
 from pathlib import Path
 from typing import Literal
 
+from regenesis_pl.atomic import write_bytes, write_json, write_jsonl
 from regenesis_pl.paths import data_dir as default_data_dir
 from regenesis_pl.paths import downloads_dir
 from regenesis_pl.tasks.bigbench import load_bigbench_task
@@ -94,12 +94,8 @@ def _extract_bigbench(archive: Path, tasks: list[str], out_root: Path) -> dict[s
                 rel = name.split(_BB_ROOT, 1)[1][: -len("/task.json")]
                 all_tasks.add(rel)
                 if any(rel == t or rel.startswith(t + "/") for t in missing):
-                    target = out_root / rel / "task.json"
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = target.with_suffix(".json.tmp")
-                    with tar.extractfile(member) as src, open(tmp, "wb") as dst:
-                        shutil.copyfileobj(src, dst)
-                    tmp.replace(target)
+                    with tar.extractfile(member) as src:
+                        write_bytes(out_root / rel / "task.json", src.read())
     except (tarfile.TarError, EOFError, OSError) as e:
         raise RuntimeError(f"{archive}: cannot read the archive ({e}); delete it and run again") from None
     unknown = [t for t in missing if t not in all_tasks]
@@ -134,11 +130,7 @@ def _dedupe(questions: list[Question]) -> tuple[list[Question], int]:
 
 
 def _write_jsonl(path: Path, questions: list[Question]) -> None:
-    tmp = path.with_suffix(".jsonl.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for q in questions:
-            f.write(json.dumps(q.to_dict(), ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    write_jsonl(path, (q.to_dict() for q in questions))
 
 
 def _relabel(questions: list[Question], root: Path, label: str) -> list[Question]:
@@ -152,7 +144,7 @@ def _write_task(out: Path, train: list[Question], test: list[Question], provenan
     _write_jsonl(out / "train.jsonl", train)
     _write_jsonl(out / "test.jsonl", test)
     provenance["counts"].update(train=len(train), test=len(test))
-    (out / "provenance.json").write_text(json.dumps(provenance, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_json(out / "provenance.json", provenance)
     return provenance
 
 

@@ -31,6 +31,20 @@ class TokenLedger:
         self.prompt_tokens[stage] += sum(o.prompt_tokens for o in outputs)
         self.generated_tokens[stage] += sum(c.num_tokens for o in outputs for c in o.completions)
 
+    def add(self, other: TokenLedger) -> TokenLedger:
+        """Add another ledger's counts to this one (merging the shards of a round); returns self."""
+        for mine, theirs in ((self.calls, other.calls), (self.requests, other.requests),
+                             (self.prompt_tokens, other.prompt_tokens), (self.generated_tokens, other.generated_tokens)):
+            mine.update(theirs)
+        return self
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TokenLedger:
+        """Read back ``to_dict`` output."""
+        return cls(calls=Counter(d.get("engine_calls", {})), requests=Counter(d.get("requests", {})),
+                   prompt_tokens=Counter(d.get("prompt_tokens", {})),
+                   generated_tokens=Counter(d.get("generated_tokens", {})))
+
     def to_dict(self) -> dict:
         return {
             "engine_calls": dict(self.calls),

@@ -52,24 +52,8 @@ def sft_records(kept: Iterable[Candidate], questions: Mapping[str, Question] | S
     return records
 
 
-def write_jsonl(records: Iterable[Mapping[str, Any]], path: str | os.PathLike) -> Path:
-    """Write records as JSON lines, atomically (a temporary file renamed into place). Returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records)
-    os.replace(tmp, path)
-    return path
-
-
-def write_sft_jsonl(records: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
-    """Write SFT records (``kept.jsonl``)."""
-    return write_jsonl(records, path)
-
-
 def load_sft_records(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Read SFT records written by ``write_sft_jsonl``; every line is checked for the record fields.
+    """Read SFT records (``kept.jsonl``, written with ``atomic.write_jsonl``); every line is checked.
 
     Raises:
         FileNotFoundError: no file at ``path``.
@@ -90,7 +74,7 @@ def load_sft_records(path: str | os.PathLike) -> list[dict[str, Any]]:
             missing = [k for k in SFT_FIELDS if k not in rec]
             if missing:
                 raise ValueError(f"SFT records {path}:{number}: missing fields {missing}; "
-                                 "expected records from regenesis_pl.data.export")
+                                 "expected records from regenesis_pl.data.sft_records")
             messages = rec["messages"]
             if not messages or messages[-1].get("role") != "assistant":
                 raise ValueError(f"SFT records {path}:{number}: messages must end with an assistant turn")
@@ -104,11 +88,6 @@ def sft_dataset(records: Sequence[Mapping[str, Any]]):
 
     columns = {k: [rec[k] for rec in records] for k in SFT_FIELDS}
     return Dataset.from_dict(columns)
-
-
-def write_candidates(candidates: Iterable[Candidate], path: str | os.PathLike) -> Path:
-    """Every candidate of a round with its full lineage and verdict (``candidates.jsonl``)."""
-    return write_jsonl((c.to_dict() for c in candidates), path)
 
 
 def load_candidates(path: str | os.PathLike) -> list[Candidate]:

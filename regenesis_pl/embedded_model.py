@@ -5,8 +5,7 @@ download that wheel (never install it: it would pull llama-cpp), let transformer
 float32, and save a plain safetensors folder that every backend (transformers, peft, vLLM) can load. The
 folder is accepted only after a check: reloaded from disk it must give the same logits as the GGUF load.
 
-``resolve_model`` maps the names users write in configs ("embedded", a local folder, a hub id) to what the
-backends load.
+``regenesis_pl.model_source.resolve_model`` maps the names users write in configs to this folder.
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ import time
 import zipfile
 from pathlib import Path
 
+from regenesis_pl.atomic import write_json
 from regenesis_pl.paths import downloads_dir, models_dir
 
 EMBEDDED_NAMES = ("embedded", "smollm2-135m-instruct")
@@ -67,43 +67,6 @@ def prepare_embedded_model(cache_dir: str | None = None, force: bool = False) ->
     _build(target, gguf_path)
     print(f"[regenesis] embedded model ready at {target}", file=sys.stderr)
     return target
-
-
-def resolve_model(name_or_path: str) -> str:
-    """Map a model name from a config to what the backends load.
-
-    "embedded" / "smollm2-135m-instruct" -> the prepared embedded folder (prepared on first use); an existing
-    local folder -> itself (it must hold config.json); something path-like that does not exist -> error;
-    anything else is taken as a Hugging Face hub id and returned unchanged.
-    """
-    name = str(name_or_path).strip()
-    if not name:
-        raise ValueError("model: empty name; use 'embedded', a local model folder or a hub id")
-    if name.lower() in EMBEDDED_NAMES:
-        return str(prepare_embedded_model())
-    path = Path(name).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"model folder {path} has no config.json; point to a Hugging Face model "
-                                    "folder (save_pretrained output)")
-        return str(path.resolve())
-    if path.exists():
-        raise ValueError(f"model {name!r} is a file, not a folder; point to the folder holding config.json")
-    if _looks_like_path(name):
-        raise FileNotFoundError(f"model folder {name!r} does not exist; check the path, or use 'embedded'")
-    return name
-
-
-def hub_load_error(name: str, err: Exception) -> OSError:
-    """A one-line error for a model that could not be loaded from the hub (unreachable or unknown id)."""
-    return OSError(f"could not load model {name!r}: not a local folder and the Hugging Face hub is unreachable "
-                   f"or has no such id ({type(err).__name__}); pass a local model folder or 'embedded'")
-
-
-def _looks_like_path(name: str) -> bool:
-    """Hub ids look like ``org/name``; anything else with path syntax is meant as a local path."""
-    return (name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1
-            or name.endswith("/") or os.path.isabs(name))
 
 
 def _marker_ok(target: Path) -> bool:
@@ -195,9 +158,7 @@ def _write_marker(folder: Path, gguf_path: Path, check: dict) -> None:
             sha.update(block)
     marker = {"ok": True, "source": WHEEL_SPEC, "gguf": gguf_path.name, "gguf_sha256": sha.hexdigest(),
               "checked_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **check}
-    tmp = folder / f".{MARKER}.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(marker, indent=2) + "\n")
-    os.replace(tmp, folder / MARKER)
+    write_json(folder / MARKER, marker)
 
 
 def _build(target: Path, gguf_path: Path) -> None:

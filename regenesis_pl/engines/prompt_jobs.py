@@ -1,18 +1,18 @@
 """What both backends do the same way before and after generating: tokenizer loading, prompt token ids,
-one seeded job per completion, stop-string truncation.
+one seeded job per completion, stop-string truncation, dtype names.
 
 Keeping this in one place is what makes the two engines see identical prompt tokens and identical seeds.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from regenesis_pl.chat import render_prompt
 from regenesis_pl.engines.base import Conversation, SamplingConfig
+from regenesis_pl.hashing import completion_seed, resolve_request_seeds
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ def load_chat_tokenizer(model: str, trust_remote_code: bool = False):
     """Load a model's tokenizer and insist on a chat template (one-line errors for a missing one / no hub)."""
     from transformers import AutoTokenizer
 
-    from regenesis_pl.model.embedded import hub_load_error
+    from regenesis_pl.model_source import hub_load_error
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
@@ -58,31 +58,10 @@ def encode_conversations(tokenizer, conversations: Sequence[Conversation], max_m
     return out
 
 
-def completion_seed(request_seed: int, sample: int) -> int:
-    """Seed of completion ``sample`` of a request: the request seed itself for the first, derived for others
-    (derived rather than ``seed + sample`` so neighbouring requests never share a sample stream)."""
-    if sample == 0:
-        return int(request_seed)
-    digest = hashlib.sha256(f"completion\x1f{int(request_seed)}\x1f{sample}".encode()).digest()
-    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
-
-
-def resolve_request_seeds(n: int, sampling: SamplingConfig, request_seeds: Sequence[int] | None) -> list[int]:
-    """The seed of each of ``n`` requests: ``request_seeds[i]``, or ``sampling.seed + i`` when None.
-
-    The one rule shared by the engines and the generation store (whose keys include the seed)."""
-    if request_seeds is None:
-        return [sampling.seed + i for i in range(n)]
-    if len(request_seeds) != n:
-        raise ValueError(f"request_seeds has {len(request_seeds)} entries for {n} conversations; "
-                         "pass one seed per conversation or None")
-    return [int(s) for s in request_seeds]
-
-
 def make_jobs(prompt_ids: Sequence[Sequence[int]], sampling: SamplingConfig,
               request_seeds: Sequence[int] | None) -> list[Job]:
     """One job per completion, request-major; request seeds as ``resolve_request_seeds`` gives them."""
-    seeds = resolve_request_seeds(len(prompt_ids), sampling, request_seeds)
+    seeds = resolve_request_seeds(len(prompt_ids), sampling.seed, request_seeds)
     jobs = []
     for i, ids in enumerate(prompt_ids):
         base = seeds[i]
