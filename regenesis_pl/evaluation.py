@@ -63,8 +63,11 @@ class _TaskMetrics:
     """torchmetrics accumulators for one task."""
 
     def __init__(self) -> None:
-        self.accuracy, self.parse_rate, self.tokens = MeanMetric(), MeanMetric(), MeanMetric()
-        self.correct, self.parsed = SumMetric(), SumMetric()
+        # Local metrics: with several processes the records are merged first (by question id), so a metric
+        # must not also sync across ranks (its compute() would be a collective that only rank 0 enters).
+        local = {"sync_on_compute": False}
+        self.accuracy, self.parse_rate, self.tokens = MeanMetric(**local), MeanMetric(**local), MeanMetric(**local)
+        self.correct, self.parsed = SumMetric(**local), SumMetric(**local)
 
     def update(self, correct: bool, parsed: bool, tokens: int) -> None:
         c, p = torch.tensor(float(correct)), torch.tensor(float(parsed))

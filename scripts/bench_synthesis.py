@@ -95,12 +95,12 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    from regenesis_pl.data.round_files import synthesize_to_store
     from regenesis_pl.engines.base import SamplingConfig
     from regenesis_pl.engines.factory import build_engine
-    from regenesis_pl.method.prompts import path_prompt
     from regenesis_pl.hashing import stable_seed
+    from regenesis_pl.method.prompts import path_prompt
     from regenesis_pl.method.synthesis import SynthesisConfig, synthesize_round
-    from regenesis_pl.data.round_files import synthesize_to_store
 
     questions = make_questions(args.questions)
     config = SynthesisConfig(guidelines_per_question=args.guidelines, plan_max_tokens=args.plan_max_tokens,

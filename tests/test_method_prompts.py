@@ -7,6 +7,7 @@ import json
 import pytest
 
 from regenesis_pl.chat import ANSWER_FORMAT, format_question
+from regenesis_pl.hashing import stable_rng, stable_seed
 from regenesis_pl.method.guidelines import Guideline, load_guidelines
 from regenesis_pl.method.prompts import (
     adapt_prompt,
@@ -18,7 +19,6 @@ from regenesis_pl.method.prompts import (
     selection_prompt,
     structure_prompt,
 )
-from regenesis_pl.hashing import stable_rng, stable_seed
 from regenesis_pl.tasks.types import AnswerType, Question
 
 MC = Question(id="m1", task="toy_mc", text="Which animal can fly?", answer_type=AnswerType.MULTIPLE_CHOICE,

@@ -272,6 +272,20 @@ class EngineCallback(Callback):
         write_json(self.layout.timings, data)
 
     # ------------------------------------------------------------------------------ hooks
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        """On CPU with several processes per machine, give each its share of the cores (unless OMP_NUM_THREADS
+        says otherwise): oversubscribed threads made generation many times slower on a small machine."""
+        import os
+
+        import torch
+
+        local = max(1, int(getattr(trainer, "num_devices", 1) or 1))
+        if trainer.strategy.root_device.type == "cpu" and local > 1 and "OMP_NUM_THREADS" not in os.environ:
+            threads = max(1, (os.cpu_count() or 1) // local)
+            torch.set_num_threads(threads)
+            log.info("engine: rank %d uses %d CPU thread(s) (%d processes on this machine)", trainer.global_rank,
+                     threads, local)
+
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._sleep(trainer)  # training never runs beside an awake engine
 

@@ -253,8 +253,10 @@ def merge_shards(parts: list[RoundResult], questions: list[Question], config: Sy
     """One round's result from the results of disjoint shards of its questions.
 
     Every filter works per question and every request seed comes from question identity, so the merged
-    result equals what one process synthesizing all ``questions`` would produce: candidates are ordered by
-    the questions' order (each question's candidates keep their own order), counts and ledgers add up.
+    result equals what one process synthesizing all ``questions`` would produce, in the same order: chunk by
+    chunk of ``chunk_size`` questions, the main pass before the hint pass, paper drafts before model-picked
+    selections, question by question (each question's candidates keep their own order). Counts and ledgers
+    add up; ``tokens.engine_calls`` counts every rank's calls.
     """
     position = {q.id: i for i, q in enumerate(questions)}
     candidates = [c for part in parts for c in part.candidates]
@@ -262,7 +264,8 @@ def merge_shards(parts: list[RoundResult], questions: list[Question], config: Sy
     if unknown:
         raise ValueError(f"merge_shards: candidates of {len(unknown)} question(s) not in this round, e.g. "
                          f"{unknown[0]!r}; the shards were made for other questions")
-    candidates.sort(key=lambda c: position[c.question_id])  # stable: per-question order is kept
+    candidates.sort(key=lambda c: (position[c.question_id] // config.chunk_size, c.hint,
+                                   c.guideline_id.startswith("sel-"), position[c.question_id]))  # stable sort
     ledger, skipped = TokenLedger(), Counter()
     for part in parts:
         ledger.add(part.ledger)
