@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from regenesis_pl.chat import sft_messages
 from regenesis_pl.data.sft import LengthGroupedBatchSampler, SFTCollator, SFTDataset, encode_conversations
 from regenesis_pl.model.module import SFTModule, lr_lambda
-from regenesis_pl.model.strategy import build_strategy, check_strategy, find_layer_classes
+from regenesis_pl.model.strategy import DecoderLayerFSDPStrategy, check_strategy, find_layer_classes
 from regenesis_pl.tasks.types import AnswerType, Question
 
 torch.set_num_threads(2)
@@ -55,13 +55,16 @@ def test_strategy_refuses_combinations_that_cannot_work():
         check_strategy("fsdp", "lora", device_type="cuda")
     with pytest.raises(ValueError, match="gradient_checkpointing=True"):
         check_strategy("fsdp", "full", gradient_checkpointing=True, device_type="cuda")
-    with pytest.raises(ValueError, match="fsdp on CPU"):
-        build_strategy("fsdp", "full", accelerator="cpu", devices=2)
-    with pytest.raises(ValueError, match="strategy='deepspeed'"):
-        build_strategy("deepspeed")
-    check_strategy("fsdp", "full", device_type="cuda", num_processes=8)  # the supported case passes
-    assert build_strategy("auto", "qlora", accelerator="cpu") == "auto"
-    assert type(build_strategy("ddp", "lora", accelerator="cpu")).__name__ == "DDPStrategy"
+    with pytest.raises(ValueError, match="FSDP needs a non-CPU accelerator device.*ModelParallelStrategy"):
+        check_strategy("fsdp", "full", device_type="cpu", num_processes=2)
+    check_strategy("fsdp", "full", device_type="cuda", num_processes=8)  # the supported cases pass
+    check_strategy("ddp", "qlora", device_type="cpu", num_processes=2)
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    fsdp2 = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
+    check_strategy(fsdp2, "full", device_type="cpu", num_processes=2)  # FSDP2 shards on CPU
+    with pytest.raises(ValueError, match="fsdp with mode=lora"):
+        check_strategy(fsdp2, "lora", device_type="cpu")
 
 
 def test_wrap_policy_finds_the_decoder_layer_of_a_tiny_llama():
@@ -103,7 +106,7 @@ def test_fsdp_strategy_wraps_the_embedded_models_decoder_layers():
     from torch.distributed.fsdp.wrap import ModuleWrapPolicy
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
-    strategy = build_strategy("fsdp", "full", model="embedded", accelerator="cuda", devices=2)
+    strategy = DecoderLayerFSDPStrategy(model="embedded")
     assert isinstance(strategy, FSDPStrategy) and strategy.layer_classes == {LlamaDecoderLayer}
     assert isinstance(strategy.kwargs["auto_wrap_policy"], ModuleWrapPolicy)
     assert strategy._activation_checkpointing_kwargs and strategy._state_dict_type == "sharded"

@@ -12,7 +12,7 @@ import json
 import pytest
 
 from regenesis_pl.atomic import write_jsonl
-from regenesis_pl.data.sft_records import load_sft_records, sft_dataset, sft_records
+from regenesis_pl.data.sft_records import load_sft_records, sft_records
 from regenesis_pl.data.store import CachedEngine, GenerationStore, prepare_store_dir, request_key
 from regenesis_pl.engines.base import Completion, Engine, RequestOutput, SamplingConfig
 from regenesis_pl.method.records import Candidate
@@ -275,8 +275,6 @@ def test_sft_export_round_trip(tmp_path):
     assert records[1]["hint"] is True and records[1]["guideline_id"] == "g07"
     path = write_jsonl(tmp_path / "kept.jsonl", records)
     assert load_sft_records(path) == records
-    ds = sft_dataset(records)
-    assert ds.num_rows == 2 and ds[1]["messages"][1]["content"] == "2 + 2 = 4. \\boxed{4}"
     with pytest.raises(ValueError, match="no matching question"):
         sft_records([Candidate(question_id="q9", task="arith", method="regenesis", path="x")], questions)
     (tmp_path / "bad.jsonl").write_text('{"messages": []}\n')

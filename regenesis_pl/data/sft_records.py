@@ -1,4 +1,4 @@
-"""Kept candidates -> SFT records (chat messages plus lineage), as JSONL and as a ``datasets.Dataset``.
+"""Kept candidates -> SFT records (chat messages plus lineage), and reading them back from JSONL.
 
 A record's ``messages`` come from ``chat.sft_messages``: the user turn is exactly the evaluation prompt and
 the assistant turn is the reasoning path, so training and evaluation see the same text.
@@ -80,14 +80,6 @@ def load_sft_records(path: str | os.PathLike) -> list[dict[str, Any]]:
                 raise ValueError(f"SFT records {path}:{number}: messages must end with an assistant turn")
             records.append(rec)
     return records
-
-
-def sft_dataset(records: Sequence[Mapping[str, Any]]):
-    """A ``datasets.Dataset`` with the record fields as columns (``messages`` a list of role/content)."""
-    from datasets import Dataset
-
-    columns = {k: [rec[k] for rec in records] for k in SFT_FIELDS}
-    return Dataset.from_dict(columns)
 
 
 def load_candidates(path: str | os.PathLike) -> list[Candidate]:

@@ -22,7 +22,7 @@ from lightning.pytorch.strategies import FSDPStrategy
 
 from regenesis_pl.data.sft import IGNORE_INDEX
 from regenesis_pl.model.build import MODES, build_model, load_tokenizer, resolve_dtype
-from regenesis_pl.model.strategy import check_strategy
+from regenesis_pl.model.strategy import check_strategy, is_fsdp2, shard_fsdp2
 from regenesis_pl.model_source import resolve_model
 
 SCHEDULERS = ("cosine", "linear", "constant")
@@ -91,7 +91,9 @@ class SFTModule(LightningModule):
         return self._tokenizer
 
     def _fsdp(self) -> bool:
-        return self._trainer is not None and isinstance(self.trainer.strategy, FSDPStrategy)
+        """Sharded weights (FSDP1 or FSDP2): full state dicts are gathered with a collective call."""
+        return self._trainer is not None and (isinstance(self.trainer.strategy, FSDPStrategy)
+                                              or is_fsdp2(self.trainer.strategy))
 
     def configure_model(self) -> None:
         if self.model is not None:
@@ -109,6 +111,8 @@ class SFTModule(LightningModule):
         self.model = build_model(hp.model, self.mode, hp.dtype, hp.lora_r, hp.lora_alpha, hp.lora_dropout,
                                  hp.target_modules, hp.gradient_checkpointing, hp.trust_remote_code,
                                  device=device, memory_shards=shards, check_memory=hp.check_memory)
+        if self._trainer is not None and is_fsdp2(self.trainer.strategy):
+            shard_fsdp2(self.model, self.device_mesh["data_parallel"])  # Lightning moves the shards to the device
         self.model.train()  # from_pretrained returns eval mode; Lightning keeps module modes as they are
 
     # ----------------------------------------------------------------- steps

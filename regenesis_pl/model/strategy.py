@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, Strategy
+from lightning.pytorch.strategies import FSDPStrategy, Strategy
 from torch import nn
 
 from regenesis_pl.model_source import resolve_model
@@ -80,7 +80,8 @@ def check_strategy(strategy: Strategy | str, mode: str, gradient_checkpointing: 
         device_type: "cpu" or "cuda" (None: not checked). FSDP needs an accelerator.
         num_processes: Processes the strategy runs.
     """
-    is_fsdp = isinstance(strategy, FSDPStrategy) or (isinstance(strategy, str) and strategy.startswith("fsdp"))
+    fsdp2 = is_fsdp2(strategy)
+    is_fsdp = fsdp2 or isinstance(strategy, FSDPStrategy) or (isinstance(strategy, str) and strategy.startswith("fsdp"))
     if not is_fsdp:
         return
     if mode == "qlora":
@@ -93,43 +94,28 @@ def check_strategy(strategy: Strategy | str, mode: str, gradient_checkpointing: 
         raise ValueError("strategy=fsdp with gradient_checkpointing=True: the model's own checkpointing clashes "
                          "with FSDP wrapping; set gradient_checkpointing=False and use the strategy's "
                          "activation_checkpointing=True")
-    if device_type == "cpu":
-        raise ValueError(f"strategy=fsdp on CPU ({num_processes} process(es)) cannot work: torch's FSDP refuses "
-                         "to run without an accelerator; use GPUs, or strategy=auto on CPU")
+    if device_type == "cpu" and not fsdp2:
+        raise ValueError(f"strategy=fsdp on CPU ({num_processes} process(es)) cannot work: torch's FSDP (FSDP1) "
+                         "refuses to run without an accelerator ('FSDP needs a non-CPU accelerator device'); use "
+                         "GPUs, or FSDP2 (trainer.strategy: lightning.pytorch.strategies.ModelParallelStrategy), "
+                         "which shards on CPU too")
 
 
-def build_strategy(name: StrategyName = "auto", mode: str = "lora", model: str = "embedded",
-                   accelerator: str = "auto", devices: int = 1, activation_checkpointing: bool = True,
-                   gradient_checkpointing: bool = False, sharding_strategy: str = "FULL_SHARD",
-                   state_dict_type: Literal["full", "sharded"] = "sharded", cpu_offload: bool = False,
-                   trust_remote_code: bool = False) -> Strategy | str:
-    """A Lightning strategy for ``mode``, checked for combinations that cannot work.
+def is_fsdp2(strategy: Strategy | str) -> bool:
+    """Whether ``strategy`` is Lightning's ``ModelParallelStrategy``: FSDP2 (``fully_shard``), applied by the
+    module in ``configure_model`` (one shard unit per decoder layer, then the whole model)."""
+    from lightning.pytorch.strategies import ModelParallelStrategy
 
-    Args:
-        name: "auto" (Lightning picks; one device), "ddp" (data parallel; any mode) or "fsdp" (sharded; full
-            fine-tuning only).
-        mode: "full", "lora" or "qlora".
-        model: The model being trained (FSDP reads its decoder layer class).
-        accelerator: "auto", "cpu" or "gpu"/"cuda", as given to the Trainer.
-        devices: Devices (processes) per node, as given to the Trainer.
-        activation_checkpointing: FSDP only: checkpoint each decoder layer.
-        gradient_checkpointing: The module's gradient checkpointing flag (refused with FSDP).
-        sharding_strategy: FSDP sharding strategy.
-        state_dict_type: FSDP checkpoint format: "sharded" or "full".
-        cpu_offload: FSDP: offload parameters to the CPU.
-        trust_remote_code: Allow custom model code when reading the model's config.
-    """
-    if name not in ("auto", "ddp", "fsdp"):
-        raise ValueError(f"strategy={name!r}: use 'auto', 'ddp' or 'fsdp'")
-    if accelerator == "auto":
-        device_type = "cuda" if torch.cuda.is_available() else "cpu"
-    else:
-        device_type = "cuda" if accelerator in ("gpu", "cuda") else accelerator
-    check_strategy(name, mode, gradient_checkpointing, device_type, devices)
-    if name == "auto":
-        return "auto"
-    if name == "ddp":
-        return DDPStrategy()
-    return DecoderLayerFSDPStrategy(model=model, activation_checkpointing=activation_checkpointing,
-                                    sharding_strategy=sharding_strategy, state_dict_type=state_dict_type,
-                                    cpu_offload=cpu_offload, trust_remote_code=trust_remote_code)
+    return isinstance(strategy, ModelParallelStrategy)
+
+
+def shard_fsdp2(net: nn.Module, mesh) -> nn.Module:
+    """FSDP2: shard each decoder layer, then the rest of the model, over the data-parallel ``mesh``."""
+    from torch.distributed.fsdp import fully_shard
+
+    layers = find_layer_classes(net)
+    for module in list(net.modules()):
+        if isinstance(module, tuple(layers)):
+            fully_shard(module, mesh=mesh)
+    fully_shard(net, mesh=mesh)
+    return net
