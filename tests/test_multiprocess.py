@@ -193,3 +193,34 @@ def test_sigkill_of_the_process_group_then_resume(ddp, tmp_path):
     resumed = _json(layout.export(1) / "regenesis_export.json")
     assert resumed["trainable_fingerprint"] == _json(ref.export(1) / "regenesis_export.json")["trainable_fingerprint"]
     assert _json(layout.evaluation("round-1"))["per_task"] == _json(ref.evaluation("round-1"))["per_task"]
+
+
+def test_full_fine_tuning_under_fsdp2_with_two_cpu_processes(tmp_path):
+    """Full fine-tuning sharded with FSDP2 (Lightning's ModelParallelStrategy; torch's FSDP1 refuses CPU): both
+    ranks synthesize, the gathered full weights are written once and loaded by both engines, and the round's
+    export is a full model whose weights differ from the base model's."""
+    import torch
+    from safetensors.torch import load_file
+
+    from regenesis_pl.model_source import resolve_model
+
+    run_dir = tmp_path / "run"
+    fsdp2 = ("--trainer.strategy=lightning.pytorch.strategies.ModelParallelStrategy",
+             "--trainer.strategy.data_parallel_size=2", "--trainer.strategy.tensor_parallel_size=1",
+             "--trainer.strategy.save_distributed_checkpoint=false")
+    command = [a for a in _fit(run_dir, 2, "--model.mode=full", "--model.lr=1e-5", "--export.audit_frozen=false",
+                               "--data.rounds=1", *fsdp2) if a != "--trainer.strategy=ddp"]
+    log = _run(command, threads=1)
+    for rank in (0, 1):
+        assert f"round 0: rank {rank} synthesizes 4 of 8 questions" in log
+    assert "pushed weights for eval round-0 to 2 engine(s)" in log and "(full weights)" in log
+    run = RunLayout(run_dir)
+    meta = _json(run.export(0) / "regenesis_export.json")
+    assert meta["mode"] == "full" and meta["trainable_params"] > 100_000_000
+    assert _json(run.evaluation("round-0"))["processes"] == 2
+    trained = load_file(str(run.export(0) / "model.safetensors"))
+    base = load_file(str(Path(resolve_model("embedded")) / "model.safetensors"))
+    shared = sorted(set(trained) & set(base))
+    assert len(shared) > 100
+    assert any(not torch.equal(trained[k], base[k]) for k in shared)
+    assert len(list((run.root / "weights").iterdir())) == 1  # keep_full_weights=1: older pushes are deleted
