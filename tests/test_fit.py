@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from kill_points import kill_at_line
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
@@ -136,27 +136,13 @@ def test_round1_is_synthesized_by_round0_adapter(smoke):
 
 def _kill_during_round1_training(run_dir: Path, *extra: str) -> str:
     """Start a fit, SIGKILL its whole process group once round 1's training has begun; return its output."""
-    proc = subprocess.Popen(_command(run_dir, *extra), cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    lines, deadline = [], time.monotonic() + TIMEOUT
-    try:
-        for line in proc.stdout:
-            lines.append(line)
-            if line.startswith("[regenesis] round 1:") and "train /" in line:
-                time.sleep(3)  # inside the first training step of round 1
-                break
-            if time.monotonic() > deadline:
-                break
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # the fit and its vLLM engine processes
-        except ProcessLookupError:
-            pass  # it ended by itself; the assertions below show its output
-        proc.wait(timeout=60)
-    output = "".join(lines)
-    assert proc.returncode == -signal.SIGKILL, output[-3000:]
+    output = kill_at_line(_command(run_dir, *extra), _round1_training, ROOT, _env(), TIMEOUT)
     assert "[regenesis] round 1:" in output, output[-3000:]
     return output
+
+
+def _round1_training(line: str) -> bool:
+    return line.startswith("[regenesis] round 1:") and "train /" in line
 
 
 def test_sigkill_then_resume_matches_uninterrupted_run(smoke, tmp_path):

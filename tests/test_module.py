@@ -252,3 +252,21 @@ def test_full_finetuning_steps_and_exports_full_weights(tmp_path: Path):
         torch.testing.assert_close(exported[name], value)
     with pytest.raises(ValueError, match="no adapter"):
         module.save_adapter(tmp_path / "nope")
+
+
+def test_norm_clipping_under_fsdp1_goes_through_the_wrapped_module():
+    """Lightning's FSDP precision plugin refuses norm clipping; the module clips through FSDP's own method."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    calls = []
+    strategy = FSDPStrategy()
+    strategy._lightning_module = None
+    module = SFTModule()
+    module._trainer = SimpleNamespace(strategy=strategy)
+    strategy.model = SimpleNamespace(clip_grad_norm_=calls.append)
+    module.configure_gradient_clipping(optimizer=None, gradient_clip_val=1.0, gradient_clip_algorithm="norm")
+    assert calls == [1.0]
+    with pytest.raises(ValueError, match="only 'norm' clipping"):
+        module.configure_gradient_clipping(optimizer=None, gradient_clip_val=1.0, gradient_clip_algorithm="value")

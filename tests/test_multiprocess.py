@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from kill_points import kill_at_line
 
 from regenesis_pl.layout import RunLayout
 from regenesis_pl.tasks.types import AnswerType, Question
@@ -161,24 +161,8 @@ def test_sigkill_of_the_process_group_then_resume(ddp, tmp_path):
     # and skip the base evaluation; training, evaluation, round 1's synthesis, the kill and the resume are its own.
     shutil.copytree(ddp.run_dir / "round-0", run_dir / "round-0")
     extra = ("--evaluation.evaluate_base=false",)
-    proc = subprocess.Popen(_fit(run_dir, 2, *extra), cwd=ROOT, env=_env(1), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    lines, deadline = [], time.monotonic() + TIMEOUT
-    try:
-        for line in proc.stdout:
-            lines.append(line)
-            if line.startswith("[regenesis] round 1:") and "train /" in line:
-                time.sleep(3)  # inside round 1's training
-                break
-            assert time.monotonic() < deadline, "".join(lines)[-3000:]
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=60)
-    first = "".join(lines)
-    assert proc.returncode == -signal.SIGKILL, first[-3000:]
+    first = kill_at_line(_fit(run_dir, 2, *extra), lambda line: line.startswith("[regenesis] round 1:")
+                         and "train /" in line, ROOT, _env(1), TIMEOUT)
     assert "round 0:" in first and "read back from the run directory" in first
     layout = RunLayout(run_dir)
     stores = sorted(layout.round_dir(1).glob("store-*/generations*.jsonl"))
@@ -196,8 +180,8 @@ def test_sigkill_of_the_process_group_then_resume(ddp, tmp_path):
 
 
 def test_full_fine_tuning_under_fsdp2_with_two_cpu_processes(tmp_path):
-    """Full fine-tuning sharded with FSDP2 (Lightning's ModelParallelStrategy; torch's FSDP1 refuses CPU): both
-    ranks synthesize, the gathered full weights are written once and loaded by both engines, and the round's
+    """Full fine-tuning sharded with FSDP2 (Lightning's ModelParallelStrategy; torch's FSDP1 refuses CPU), with
+    gradient norm clipping as the paper-setting configs use it: both ranks synthesize, the gathered full weights are written once and loaded by both engines, and the round's
     export is a full model whose weights differ from the base model's."""
     import torch
     from safetensors.torch import load_file
@@ -207,7 +191,7 @@ def test_full_fine_tuning_under_fsdp2_with_two_cpu_processes(tmp_path):
     run_dir = tmp_path / "run"
     fsdp2 = ("--trainer.strategy=lightning.pytorch.strategies.ModelParallelStrategy",
              "--trainer.strategy.data_parallel_size=2", "--trainer.strategy.tensor_parallel_size=1",
-             "--trainer.strategy.save_distributed_checkpoint=false")
+             "--trainer.strategy.save_distributed_checkpoint=false", "--trainer.gradient_clip_val=1.0")
     command = [a for a in _fit(run_dir, 2, "--model.mode=full", "--model.lr=1e-5", "--export.audit_frozen=false",
                                "--data.rounds=1", *fsdp2) if a != "--trainer.strategy=ddp"]
     log = _run(command, threads=1)

@@ -153,6 +153,19 @@ class SFTModule(LightningModule):
         return loss
 
     # ----------------------------------------------------------------- optimizer
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Norm clipping also under FSDP1, whose Lightning precision plugin refuses it: the wrapped module clips
+        its sharded gradients on every rank (``FullyShardedDataParallel.clip_grad_norm_``). FSDP2 and the
+        other strategies clip the usual way (FSDP2's parameters are DTensors, which ``clip_grad_norm_`` takes)."""
+        if gradient_clip_val and isinstance(getattr(self._trainer, "strategy", None), FSDPStrategy):
+            if gradient_clip_algorithm not in (None, "norm"):
+                raise ValueError(f"trainer.gradient_clip_algorithm={gradient_clip_algorithm!r} with FSDP: only 'norm' "
+                                 "clipping works on sharded gradients")
+            self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)
+            return
+        self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val,
+                            gradient_clip_algorithm=gradient_clip_algorithm)
+
     def configure_optimizers(self):
         hp = self.hparams
         named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]

@@ -1,0 +1,38 @@
+"""Kill a running command at a chosen point of its log: the shared tool of the kill-and-resume tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+
+
+def kill_at_line(command: list[str], at: Callable[[str], bool], cwd, env: dict[str, str], timeout_s: float,
+                 settle_s: float = 3.0) -> str:
+    """Run ``command`` in its own process group; once a line satisfies ``at`` (and ``settle_s`` more seconds
+    have passed), SIGKILL the whole group (launcher, ranks, engine processes). Returns the output so far.
+
+    Fails (AssertionError) when the command ends by itself or the point is not reached in ``timeout_s``."""
+    proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    lines, reached, deadline = [], False, time.monotonic() + timeout_s
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if at(line):
+                reached = True
+                time.sleep(settle_s)
+                break
+            if time.monotonic() > deadline:
+                break
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # it ended by itself; the assertion below shows its output
+        proc.wait(timeout=60)
+    output = "".join(lines)
+    assert reached and proc.returncode == -signal.SIGKILL, output[-3000:]
+    return output
