@@ -196,6 +196,9 @@ def test_eval_gating_ends_a_real_trainer_fit_early(tmp_path):
     scores = iter([0.5, 0.4, 0.3, 0.9, 0.9])
 
     class Scripted(EvaluationCallback):
+        def questions(self):
+            return []
+
         def evaluate(self, trainer, pl_module, name, round_k, kind):
             summary = {"kind": kind, "round": round_k, "in_domain_mean": next(scores)}
             self.history.append(summary)
@@ -206,7 +209,7 @@ def test_eval_gating_ends_a_real_trainer_fit_early(tmp_path):
     # the real round owner sequences the round ends; its engines and data are stand-ins (no generation here)
     driver = RoundDriver()
     driver.engines = SimpleNamespace(end_round=lambda trainer, k: None)
-    driver.data = SimpleNamespace(schedule=RoundSchedule(rounds=5, epochs_per_round=1))
+    driver.data = SimpleNamespace(schedule=RoundSchedule(rounds=5, epochs_per_round=1), questions=list)
     driver.evaluation = cb
     trainer = L.Trainer(max_epochs=5, callbacks=[cb, driver], logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")

@@ -75,6 +75,11 @@ class RoundDriver(Callback):
             raise ValueError("RoundDriver is not connected; call RoundDriver.connect(engines, data, ...) before "
                              "Trainer.fit (the regenesis CLI does it)")
         self._trainer = trainer
+        # Every task must load before any engine starts (a typo would otherwise surface after a round of work).
+        if str(getattr(trainer.state.fn, "value", trainer.state.fn)) == "fit":
+            self.data.questions()
+        if self.evaluation is not None:
+            self.evaluation.questions()
 
     # ------------------------------------------------------------------------------ round start
     def round_records(self, k: int) -> tuple[list[dict[str, Any]], str]:

@@ -65,7 +65,11 @@ def _visible_gpus(device: str | None, count: int, on_cpu: bool):
 
 
 def import_vllm():
-    """Import vllm or fail with a one-line install hint."""
+    """Import vllm or fail with a one-line install hint. vLLM's INFO lines are kept off the researcher's console
+    unless ``VLLM_LOGGING_LEVEL`` asks for them (vLLM reads it once, when imported)."""
+    import os
+
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     try:
         import vllm
     except ImportError as err:

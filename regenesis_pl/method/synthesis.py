@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 from regenesis_pl.engines.base import Engine, SamplingConfig
 from regenesis_pl.method.baselines import cot_samples, gt_candidates
@@ -62,8 +63,8 @@ class SynthesisConfig:
         seed: Base seed; every request's seed derives from it and the request's identity.
     """
 
-    method: str = "regenesis"
-    candidate_set: str = "paper"
+    method: Literal["regenesis", "star", "lmsi", "gt"] = "regenesis"
+    candidate_set: Literal["paper", "released"] = "paper"
     guidelines_per_question: int | None = None
     num_selections: int = 20
     guideline_file: str | None = None
@@ -73,7 +74,7 @@ class SynthesisConfig:
     max_tokens: int = 1024
     plan_max_tokens: int = 512
     selection_max_tokens: int = 64
-    hint_stages: list[str] = field(default_factory=lambda: ["adapt", "structure"])
+    hint_stages: list[Literal["adapt", "structure", "path"]] = field(default_factory=lambda: ["adapt", "structure"])
     hint_temperature: float = 0.85
     rationalize: bool = True
     use_gold: bool | None = None

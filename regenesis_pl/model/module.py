@@ -56,7 +56,7 @@ class SFTModule(LightningModule):
     """
 
     def __init__(self, model: str = "embedded", mode: Literal["full", "lora", "qlora"] = "lora",
-                 dtype: str = "auto", lora_r: int = 16, lora_alpha: int = 32, lora_dropout: float = 0.05,
+                 dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto", lora_r: int = 16, lora_alpha: int = 32, lora_dropout: float = 0.05,
                  target_modules: list[str] | str = "all-linear", gradient_checkpointing: bool = False,
                  trust_remote_code: bool = False, lr: float = 2e-4, weight_decay: float = 0.0,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, warmup_ratio: float = 0.03,
