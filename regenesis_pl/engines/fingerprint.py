@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from regenesis_pl.hashing import update_with_file
+
 FULL_HASH_LIMIT = 64 << 20  # files up to 64 MiB are hashed in full
 EDGE = 1 << 20
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
@@ -49,9 +51,7 @@ def _update_with_folder(digest, folder: str, full: bool) -> None:
         stat = path.stat()
         digest.update(f"{path.relative_to(root).as_posix()}\0{stat.st_size}\0".encode())
         if full or stat.st_size <= FULL_HASH_LIMIT:
-            with open(path, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 22), b""):
-                    digest.update(block)
+            update_with_file(digest, path)
         else:
             digest.update(str(stat.st_mtime_ns).encode())
             with open(path, "rb") as fh:

@@ -10,7 +10,6 @@ from it reloads the base from ``model`` and restores the adapters exactly.
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.strategies import FSDPStrategy
 
 from regenesis_pl.data.sft import IGNORE_INDEX
+from regenesis_pl.hashing import tensors_digest
 from regenesis_pl.model.build import MODES, build_model, load_tokenizer, resolve_dtype
 from regenesis_pl.model.strategy import check_strategy, is_fsdp2, shard_fsdp2
 from regenesis_pl.model_source import resolve_model
@@ -285,11 +285,7 @@ class SFTModule(LightningModule):
             state = self._full_state_dict()
         else:
             state = {n.removeprefix("model."): p for n, p in self.named_parameters() if p.requires_grad}
-        digest = hashlib.sha256()
-        for name in sorted(n for n in state if n in names):
-            digest.update(name.encode())
-            digest.update(state[name].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-        return digest.hexdigest()[:16]
+        return tensors_digest(((n, state[n]) for n in sorted(n for n in state if n in names)), as_float32=True)
 
     # ----------------------------------------------------------------- helpers
     def _is_writer(self) -> bool:
