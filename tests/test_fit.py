@@ -62,7 +62,8 @@ def test_two_rounds_are_evaluated_logged_and_reported(smoke):
     assert task.startswith("arithmetic")
     for name, ev in evals.items():
         assert ev["in_domain"] == [task] and ev["per_task"][task]["n"] == 8, name
-        assert 0.0 <= ev["per_task"][task]["accuracy"] <= 1.0
+        score = ev["per_task"][task]
+        assert score["accuracy"] == pytest.approx(score["correct"] / score["n"])
     assert [evals[n]["round"] for n in ("base", "round-0", "round-1")] == [-1, 0, 1]
     # every_n_steps: 2 -> an evaluation at every even step that does not end a round
     round_ends = {evals["round-0"]["step"], evals["round-1"]["step"]}
@@ -177,3 +178,19 @@ def test_sigkill_then_resume_matches_uninterrupted_run(smoke, tmp_path):
     final, expected = _json(run / "eval" / "round-1.json"), _json(smoke.run_dir / "eval" / "round-1.json")
     assert final["per_task"] == expected["per_task"]
     assert (run / "report.md").is_file()
+
+
+def test_test_subcommand_scores_the_checkpoint_like_the_fit_did(smoke):
+    """`regenesis test --ckpt_path <last>` reads the fit's rounds back and scores the final weights. The pushed
+    adapter is byte-identical to the one the fit evaluated after round 1, so every answer comes from the
+    evaluation store (keyed by the served weights' content) and the scores are the same."""
+    run = smoke.run_dir
+    cmd = [sys.executable, "-m", "regenesis_pl.cli", "test", "--config", str(CONFIG), f"--data.run_dir={run}",
+           "--ckpt_path", str(run / "checkpoints" / "last.ckpt")]
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert "synthesized with the current weights" not in proc.stdout + proc.stderr
+    tested = _json(run / "eval" / "test.json")
+    assert tested["kind"] == "test" and tested["round"] == 1
+    assert tested["per_task"] == _json(run / "eval" / "round-1.json")["per_task"]
+    assert tested["store"] == {"hits": 8, "misses": 0}
