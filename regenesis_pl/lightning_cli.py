@@ -39,6 +39,7 @@ from regenesis_pl.callbacks.export import ExportCallback
 from regenesis_pl.callbacks.rounds import RoundDriver
 from regenesis_pl.data.datamodule import ReGenesisDataModule
 from regenesis_pl.engines.factory import EngineConfig
+from regenesis_pl.layout import RunLayout
 from regenesis_pl.model.module import SFTModule
 
 TRAINER_DEFAULTS = {"num_sanity_val_steps": 0, "log_every_n_steps": 1, "reload_dataloaders_every_n_epochs": 1}
@@ -51,7 +52,7 @@ def _max_epochs(rounds: int, epochs_per_round: int) -> int:
 
 
 def _checkpoint_dir(run_dir: str) -> str:
-    return f"{str(run_dir).rstrip('/')}/checkpoints"
+    return str(RunLayout(run_dir).checkpoints)
 
 
 # Keys computed from others (jsonargparse would silently replace a value a config file gives them).
@@ -79,8 +80,9 @@ class ReGenesisCLI(LightningCLI):
                         f"{source}: {key} is computed from {origin}; remove it from the config")
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        # Order matters at round ends: evaluate, then export, then report engine timings; the checkpoint
-        # (Lightning runs checkpoint callbacks last) then holds the round's evaluation state.
+        # RoundDriver sequences each round's end (evaluate, export, engine totals); Lightning runs the checkpoint
+        # callback last, so the checkpoint holds the round's evaluation state. The engines stay open until the
+        # generation callback's teardown, after the evaluation callback's (validate/test evaluate there).
         parser.add_lightning_class_args(EvaluationCallback, "evaluation")
         parser.add_lightning_class_args(ExportCallback, "export")
         parser.add_lightning_class_args(EngineCallback, "generation")

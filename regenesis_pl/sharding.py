@@ -82,12 +82,48 @@ def process_shard() -> Shard:
     return Shard(rank, world) if world > 1 else Shard()
 
 
+FAILED_SLACK_S = 60.0  # a failure marker this much older than the start of the work is an earlier run's
+
+
+def mark_failed(failures: Path, rank: int, err: BaseException) -> None:
+    """Leave ``<failures>/rank-<r>`` saying why this rank stopped, so the others stop waiting for it."""
+    from regenesis_pl.atomic import write_text
+
+    try:
+        write_text(Path(failures) / f"rank-{rank}", f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}\n")
+    except OSError:
+        pass  # the original error matters more than the marker
+
+
+def clear_failed(failures: Path, rank: int) -> None:
+    """Remove this rank's marker of an earlier failure (at the start of new work)."""
+    (Path(failures) / f"rank-{rank}").unlink(missing_ok=True)
+
+
+def _failure(failures: Path | None, since: float | None) -> str | None:
+    if failures is None or not Path(failures).is_dir():
+        return None
+    for marker in sorted(Path(failures).glob("rank-*")):
+        try:
+            if since is None or marker.stat().st_mtime >= since - FAILED_SLACK_S:
+                return f"{marker.name} failed ({marker.read_text().strip()})"
+        except OSError:
+            continue
+    return None
+
+
 def wait_for_files(paths: Sequence[Path], what: str, timeout_minutes: float = DEFAULT_WAIT_MINUTES,
-                   poll_s: float = 1.0, say: Callable[[str], None] | None = None) -> None:
+                   poll_s: float = 1.0, say: Callable[[str], None] | None = None, failures: Path | None = None,
+                   since: float | None = None) -> None:
     """Return once every path exists; poll every ``poll_s`` seconds, saying what it waits for every minute.
+
+    Args:
+        failures: Folder of failure markers (``mark_failed``): a marker written since ``since`` (wall-clock
+            seconds, the start of this work) ends the wait at once with that rank's reason.
 
     Raises:
         TimeoutError: after ``timeout_minutes``, naming the files still missing and how to raise the limit.
+        RuntimeError: another rank left a failure marker.
     """
     deadline = time.monotonic() + 60 * timeout_minutes
     next_note = time.monotonic() + 60
@@ -95,6 +131,9 @@ def wait_for_files(paths: Sequence[Path], what: str, timeout_minutes: float = DE
         missing = [p for p in paths if not Path(p).exists()]
         if not missing:
             return
+        failed = _failure(failures, since)
+        if failed is not None:
+            raise RuntimeError(f"{what}: {failed}; stopping this rank too (its log has the cause)")
         now = time.monotonic()
         if now > deadline:
             raise TimeoutError(f"{what}: waited {timeout_minutes:g} min for {len(missing)} file(s), e.g. {missing[0]}; "

@@ -211,6 +211,7 @@ def test_eval_gating_ends_a_real_trainer_fit_early(tmp_path):
     driver.engines = SimpleNamespace(end_round=lambda trainer, k: None)
     driver.data = SimpleNamespace(schedule=RoundSchedule(rounds=5, epochs_per_round=1), questions=list)
     driver.evaluation = cb
+    cb.engines, cb.data = driver.engines, driver.data
     trainer = L.Trainer(max_epochs=5, callbacks=[cb, driver], logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
     trainer.fit(Tiny(), datamodule=Rounds())

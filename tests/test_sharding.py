@@ -139,3 +139,36 @@ def test_sharded_evaluation_equals_one_process(tmp_path):
     merged = evaluate_questions(Echo(), questions, progress=None, shard=Shard(0, 2), parts=parts, wait_minutes=1)
     assert merged.to_json() == whole.to_json() and merged.records == whole.records
     assert whole.per_task["toy_add"].correct == 5
+
+
+def test_a_failed_rank_ends_the_others_wait_but_an_old_marker_does_not(tmp_path):
+    from regenesis_pl.sharding import clear_failed, mark_failed
+
+    failures = tmp_path / "failed"
+    mark_failed(failures, 1, RuntimeError("engine died\nsecond line"))
+    started = time.time()
+    with pytest.raises(RuntimeError, match=r"round 0 merge: rank-1 failed \(RuntimeError: engine died\)"):
+        wait_for_files([tmp_path / "merged.json"], "round 0 merge", timeout_minutes=1, poll_s=0.01,
+                       failures=failures, since=started)
+    old = time.time() - 3600  # an earlier run's marker is no reason to stop
+    import os
+
+    os.utime(failures / "rank-1", (old, old))
+    with pytest.raises(TimeoutError):
+        wait_for_files([tmp_path / "merged.json"], "round 0 merge", timeout_minutes=0.002, poll_s=0.01,
+                       failures=failures, since=started)
+    clear_failed(failures, 1)
+    assert not (failures / "rank-1").exists()
+
+
+def test_every_rank_checks_all_questions_before_any_work(tmp_path):
+    """A question without a gold answer in rank 1's shard fails rank 0 too, at once (no rank fails alone)."""
+    from regenesis_pl.tasks.types import AnswerType, Question
+
+    questions = make_questions(3) + [Question(id="nogold", task="toy_add", text="What is 1 + 1?",
+                                              answer_type=AnswerType.NUMERIC, answer=None)]
+    assert "nogold" not in {q.id for q in Shard(0, 2).take(questions)}
+    with pytest.raises(ValueError, match="have no gold answer"):
+        synthesize_to_store(ScriptedEngine(toy_respond), questions, small(), run_dir=tmp_path, shard=Shard(0, 2),
+                            wait_minutes=0.01, say=lambda _: None)
+    assert not (tmp_path / "round-0" / "shards").exists()

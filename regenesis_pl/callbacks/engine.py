@@ -58,7 +58,6 @@ class EngineCallback(Callback):
         self.config = engine or EngineConfig()
         self.backend = self.config.backend
         self.model = model
-        self.run_dir = Path(run_dir)
         self.layout = RunLayout(run_dir)
         self.keep_full_weights = keep_full_weights
         self.engine = None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from lightning.pytorch import Callback
 from regenesis_pl.atomic import write_json, write_jsonl
 from regenesis_pl.callbacks.engine import EngineCallback
 from regenesis_pl.data.datamodule import ReGenesisDataModule
+from regenesis_pl.data.round_files import served_by
 from regenesis_pl.hashing import digest
 from regenesis_pl.layout import RunLayout, round_name
 from regenesis_pl.sharding import DEFAULT_WAIT_MINUTES, wait_for_files
@@ -80,7 +82,6 @@ class EvaluationCallback(Callback):
         self._questions: list | None = None
         self._kinds: dict[str, str] = {}
         self.history: list[dict[str, Any]] = []
-        self.summaries: dict[str, dict[str, Any]] = {}  # this process's evaluations by name (rank 0)
         self.best_round: int | None = None
         self.best_score: float | None = None
         self._evaluated_stage: str | None = None
@@ -123,6 +124,11 @@ class EvaluationCallback(Callback):
         """The engines to evaluate with and the data module whose rounds it follows (the fit CLI connects them)."""
         self.engines, self.data, self.wait_minutes = engines, data, wait_minutes
 
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if self.engines is None or self.data is None:
+            raise ValueError("EvaluationCallback is not connected to the engines and the data; build the fit with "
+                             "the regenesis CLI, or call RoundDriver.connect(...) before Trainer.fit")
+
     # ------------------------------------------------------------------------------ evaluating
     def evaluate(self, trainer, pl_module, name: str, round_k: int, kind: str) -> dict[str, Any] | None:
         """Evaluate the current weights on every rank; rank 0 writes ``eval/<name>.json``, logs and returns the
@@ -130,29 +136,31 @@ class EvaluationCallback(Callback):
         from regenesis_pl.data.store import CachedEngine, prepare_store_dir
         from regenesis_pl.evaluation import evaluate_questions
 
-        if self.engines is None:
-            raise ValueError("EvaluationCallback is not connected to an EngineCallback; build the fit with the "
-                             "regenesis CLI, or call RoundDriver.connect(...) before Trainer.fit")
         questions = self.questions()
         shard = self.engines.shard(trainer)
-        start = time.perf_counter()
+        start, start_wall = time.perf_counter(), time.time()
         with self.engines.serving(pl_module, purpose=f"eval {name}", round_k=round_k) as engine:
-            weights_id = trainer.strategy.broadcast(engine.weights_id if engine is not None else None, src=0)
-            tag = digest([weights_id, self.max_tokens, [(q.task, q.id) for q in questions], shard.world], 12)
+            # rank 0's engine names the weights on every rank; its token keeps other runs' parts out of this one
+            served, token = trainer.strategy.broadcast((served_by(engine), uuid.uuid4().hex), src=0)
+            weights_id = served["weights_id"]
+            tag = digest([served, self.max_tokens, [q.to_dict() for q in questions], shard.world, token], 12)
             parts = lambda rank: self.layout.evaluation_shard(name, tag, rank)
             cached = None
-            if engine is not None:
-                store_dir = prepare_store_dir(self.layout.eval_dir, {"purpose": "fit evaluation"}, say=log.info)
-                cached = CachedEngine(engine, store_dir, shard=shard.name)
+            if engine is not None:  # one store for every evaluation of the run: keys hold the weights' content
+                meta = {"purpose": "fit evaluation", "backend": served["backend"], "dtype": served["dtype"]}
+                store_dir = prepare_store_dir(self.layout.eval_dir, meta, say=log.info)
+                cached = CachedEngine(engine, store_dir, flush_every=self.data.flush_every, shard=shard.name)
             try:
                 result = evaluate_questions(cached, questions, max_tokens=self.max_tokens, progress=f"eval {name}",
-                                            shard=shard, parts=parts, wait_minutes=self.wait_minutes)
+                                            shard=shard, parts=parts, wait_minutes=self.wait_minutes,
+                                            failures=self.layout.failures, since=start_wall)
                 store = cached.stats() if cached is not None else {}
             finally:
                 if cached is not None:
                     cached.store.close()
             if shard.world > 1:  # every rank leaves together, after a file wait rather than inside a collective
-                wait_for_files([parts(r) for r in range(shard.world)], f"eval {name}", self.wait_minutes)
+                wait_for_files([parts(r) for r in range(shard.world)], f"eval {name}", self.wait_minutes,
+                               failures=self.layout.failures, since=start_wall)
         if result is None:
             return None
         seconds = time.perf_counter() - start
@@ -172,7 +180,6 @@ class EvaluationCallback(Callback):
         write_json(self.layout.evaluation(name), summary)
         self._log(trainer, summary)
         self.history.append({k: summary[k] for k in ("name", "kind", "round", "step", "in_domain_mean", "ood_mean")})
-        self.summaries[name] = summary
         table = ", ".join(f"{t} {s['accuracy']:.1%} (parsed {s['parse_rate']:.0%})" for t, s in per_task.items())
         log.info("eval %s (step %d): %s", name, trainer.global_step, table)
         return summary

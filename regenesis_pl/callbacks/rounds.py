@@ -19,6 +19,7 @@ Trainer's callbacks.
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
 from lightning.pytorch import Callback
@@ -28,11 +29,11 @@ from regenesis_pl.callbacks.engine import EngineCallback
 from regenesis_pl.callbacks.evaluation import EvaluationCallback
 from regenesis_pl.callbacks.export import ExportCallback
 from regenesis_pl.data.datamodule import ReGenesisDataModule
-from regenesis_pl.data.round_files import EmptyRoundError, synthesize_to_store
+from regenesis_pl.data.round_files import EmptyRoundError, served_by, synthesize_to_store
 from regenesis_pl.data.sft_records import load_sft_records
 from regenesis_pl.hashing import config_hash
 from regenesis_pl.layout import RunLayout
-from regenesis_pl.sharding import DEFAULT_WAIT_MINUTES
+from regenesis_pl.sharding import DEFAULT_WAIT_MINUTES, mark_failed
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,8 @@ class RoundDriver(Callback):
         """Every rank synthesizes its shard with the current weights; rank 0 merges and marks the round."""
         shard = self.engines.shard(trainer)
         with self.engines.serving(module, purpose=f"synthesis round {k}") as engine:
-            served = trainer.strategy.broadcast((engine.name, engine.weights_id) if engine is not None else None, 0)
+            # rank 0's engine names the round on every rank; its token keeps other runs' parts out of this one
+            served, token = trainer.strategy.broadcast((served_by(engine), uuid.uuid4().hex), src=0)
             if shard.world > 1:
                 log.info("round %d: rank %d synthesizes %d of %d questions", k, shard.rank,
                          len(shard.take(self.data.questions())), len(self.data.questions()))
@@ -134,15 +136,15 @@ class RoundDriver(Callback):
                                              run_dir=self.data.run_dir, flush_every=self.data.flush_every,
                                              require_kept=True, model=self.engines.model_name(module),
                                              adapter=self.engines.served_adapter, shard=shard,
-                                             wait_minutes=self.shard_timeout_minutes, served=tuple(served),
-                                             say=log.info)
+                                             wait_minutes=self.shard_timeout_minutes, served=served,
+                                             run_token=token, say=log.info)
             except EmptyRoundError as err:
                 raise EmptyRoundError(f"{err} (files in {layout.round_dir(k)})") from None
             if trainer.is_global_zero:
                 config = self.data.run_config()
                 write_json(layout.round_marker(k), {
                     "round": k, "config_hash": config_hash(config), "config": config,
-                    "weights_id": served[1], "adapter": self.engines.served_adapter,
+                    "weights_id": served["weights_id"], "adapter": self.engines.served_adapter,
                     "kept": len(result.kept), "processes": shard.world, "store": result.stats.get("store", {})})
         trainer.strategy.barrier("regenesis-round-data")  # short: every rank already waited for the merge
         return load_sft_records(layout.kept(k))
@@ -166,6 +168,11 @@ class RoundDriver(Callback):
         if self.export is not None:
             self.export.export_round(trainer, pl_module, k, evaluation=summary)
         self.engines.end_round(trainer, k)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        """Tell the other ranks (they may be waiting for this rank's files) why this one stopped."""
+        if trainer.world_size > 1 and self.data is not None:
+            mark_failed(RunLayout(self.data.run_dir).failures, trainer.global_rank, exception)
 
     def on_fit_end(self, trainer, pl_module) -> None:
         if self.export is not None and self.evaluation is not None:

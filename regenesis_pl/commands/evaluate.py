@@ -9,7 +9,7 @@ from regenesis_pl.engines.factory import EngineConfig, build_engine
 from regenesis_pl.evaluation import EvalResult, evaluate_questions, write_eval_report
 from regenesis_pl.hashing import digest
 from regenesis_pl.layout import RunLayout
-from regenesis_pl.sharding import local_device, process_shard
+from regenesis_pl.sharding import clear_failed, local_device, process_shard
 from regenesis_pl.tasks.registry import TaskConfig, load_questions
 
 
@@ -50,17 +50,22 @@ def run_evaluation(
     gen = build_engine(engine_cfg, model, adapter, device=local_device())
     try:
         store_dir = prepare_store_dir(run_dir, {"command": "evaluate", "model": model, "adapter": adapter,
-                                                "weights_id": gen.weights_id, "engine": engine_cfg.backend})
+                                                "weights_id": gen.weights_id, "engine": engine_cfg.backend,
+                                                "dtype": engine_cfg.dtype})
         cached = CachedEngine(gen, store_dir, flush_every=flush_every, shard=shard.name)
     except BaseException:
         gen.close()
         raise
     layout = RunLayout(run_dir)
-    tag = digest([gen.weights_id, max_tokens, [(q.task, q.id) for q in questions], shard.world], 12)
+    tag = digest([gen.weights_id, engine_cfg.backend, engine_cfg.dtype, max_tokens, [q.to_dict() for q in questions],
+                  shard.world], 12)
+    started = time.time()
+    clear_failed(layout.failures, shard.rank)
     try:
         start = time.perf_counter()
         result = evaluate_questions(cached, questions, max_tokens=max_tokens, progress="evaluate", shard=shard,
-                                    parts=lambda rank: layout.evaluation_shard("evaluate", tag, rank))
+                                    parts=lambda rank: layout.evaluation_shard("evaluate", tag, rank),
+                                    failures=layout.failures if shard.world > 1 else None, since=started)
         seconds = time.perf_counter() - start
         store = cached.stats()
     finally:

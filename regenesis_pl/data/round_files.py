@@ -29,8 +29,14 @@ from regenesis_pl.layout import RunLayout
 from regenesis_pl.method.guidelines import load_guidelines
 from regenesis_pl.method.ledger import TokenLedger
 from regenesis_pl.method.records import Candidate
-from regenesis_pl.method.synthesis import RoundResult, SynthesisConfig, merge_shards, synthesize_round
-from regenesis_pl.sharding import DEFAULT_WAIT_MINUTES, Shard, wait_for_files
+from regenesis_pl.method.synthesis import (
+    RoundResult,
+    SynthesisConfig,
+    check_questions,
+    merge_shards,
+    synthesize_round,
+)
+from regenesis_pl.sharding import DEFAULT_WAIT_MINUTES, Shard, clear_failed, mark_failed, wait_for_files
 from regenesis_pl.tasks.types import Question
 
 # SynthesisConfig fields that only decide which generated paths are kept (not what is generated).
@@ -51,32 +57,43 @@ def guideline_set_hash(synthesis: SynthesisConfig) -> str | None:
     return digest([[g.id, g.text] for g in load_guidelines(synthesis.guideline_file)])
 
 
-def synthesis_meta(engine: Engine | None, questions: list[Question], synthesis: SynthesisConfig, round: int,
-                   model: str | None = None, adapter: str | None = None,
-                   served: tuple[str, str] | None = None) -> dict[str, Any]:
-    """What a round's generations depend on: method, round, model, served weights, guideline set, settings.
+def synthesis_meta(questions: list[Question], synthesis: SynthesisConfig, round: int, model: str | None = None,
+                   served: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a round's generations depend on: method, round, model, the served weights (by content, not by
+    folder name: a resumed fit pushes the same adapter to a new folder), the engine's backend and dtype, the
+    guideline set and the generation settings.
 
-    ``served`` (backend name, weights id) replaces what ``engine`` reports: a fit takes rank 0's, so every rank
-    (also one without an engine) names the same round."""
+    Args:
+        served: ``{"backend", "dtype", "weights_id"}`` of the engine (rank 0's in a fit, so every rank, also one
+            without an engine, names the round alike); None for method="gt" (no engine).
+    """
     config = {k: v for k, v in asdict(synthesis).items() if k not in FILTER_ONLY}
+    served = served or {}
     return {
         "method": synthesis.method,
         "round": round,
         "model": model,
-        "adapter": adapter,
-        "backend": served[0] if served else getattr(engine, "name", None),
-        "weights_id": served[1] if served else (engine.weights_id if engine is not None else None),
+        "backend": served.get("backend"),
+        "dtype": served.get("dtype"),
+        "weights_id": served.get("weights_id"),
         "guidelines": guideline_set_hash(synthesis),
         "tasks": sorted({q.task for q in questions}),
         "config": config,
     }
 
 
+def served_by(engine: Engine | None) -> dict[str, Any] | None:
+    """The ``served`` description of a live engine (see ``synthesis_meta``)."""
+    if engine is None:
+        return None
+    return {"backend": engine.name, "dtype": getattr(engine, "dtype", None), "weights_id": engine.weights_id}
+
+
 def synthesize_to_store(engine: Engine | None, questions: list[Question], synthesis: SynthesisConfig,
                         round: int = 0, run_dir: str | Path = "runs/synthesize", flush_every: int = 32,
                         require_kept: bool = False, model: str | None = None, adapter: str | None = None,
                         shard: Shard | None = None, wait_minutes: float = DEFAULT_WAIT_MINUTES,
-                        served: tuple[str, str] | None = None, say=print) -> RoundResult:
+                        served: dict[str, Any] | None = None, run_token: str = "", say=print) -> RoundResult:
     """Synthesize one round through the on-disk store and write its files; the engine stays open.
 
     Every rank calls this with the same ``questions`` (all of the round's) and its own engine and ``shard``.
@@ -92,10 +109,12 @@ def synthesize_to_store(engine: Engine | None, questions: list[Question], synthe
         flush_every: Requests per durable sub-batch (raise on GPUs so the engine batches fully).
         require_kept: Raise ``EmptyRoundError`` when no path is kept.
         model: Model name for the meta and the summary.
-        adapter: Adapter folder for the meta and the summary.
+        adapter: Adapter folder served (for the summary; the store is keyed by the weights' content).
         shard: This process's share (default: a single process).
         wait_minutes: How long rank 0 waits for the other ranks' parts (and they for the merge).
-        served: (backend name, weights id) of rank 0's engine, to name the round alike on every rank.
+        served: Backend, dtype and weights id of the engine (``served_by``; a fit passes rank 0's).
+        run_token: A token every rank of this run shares (a fit broadcasts one from rank 0), so parts and
+            merges left by an earlier run are never taken for this run's.
         say: Where one-line notices go.
 
     Returns:
@@ -105,20 +124,31 @@ def synthesize_to_store(engine: Engine | None, questions: list[Question], synthe
         EmptyRoundError: ``require_kept`` and the round kept nothing (the files are written first).
     """
     shard = shard or Shard()
+    check_questions(questions, synthesis)  # on every rank, before any work: no rank may fail alone later
     layout = RunLayout(run_dir)
-    meta = synthesis_meta(engine, questions, synthesis, round, model, adapter, served)
-    tag = digest([meta, asdict(synthesis), [q.id for q in questions], shard.world], 12)
+    served = served if served is not None else served_by(engine)
+    meta = synthesis_meta(questions, synthesis, round, model, served)
+    tag = digest([meta, asdict(synthesis), [q.to_dict() for q in questions], shard.world, run_token], 12)
     part_path = layout.round_shard(round, tag, shard.rank)
     merged_path = layout.round_merged(round, tag)
-    store_dir = prepare_store_dir(layout.round_dir(round), meta, say=say)
-    _write_part(part_path, *_synthesize_part(engine, shard.take(questions), synthesis, round, store_dir,
-                                             flush_every, shard.name))
-    if shard.is_first:
-        parts = [layout.round_shard(round, tag, r) for r in range(shard.world)]
-        wait_for_files(parts, f"round {round} synthesis", wait_minutes, say=say)
-        _write_round(layout, round, questions, synthesis, meta, parts, merged_path)
-    else:
-        wait_for_files([merged_path], f"round {round} merge", wait_minutes, say=say)
+    since = time.time()
+    clear_failed(layout.failures, shard.rank)
+    try:
+        store_dir = prepare_store_dir(layout.round_dir(round), meta, say=say)
+        _write_part(part_path, *_synthesize_part(engine, shard.take(questions), synthesis, round, store_dir,
+                                                 flush_every, shard.name))
+        if shard.is_first:
+            parts = [layout.round_shard(round, tag, r) for r in range(shard.world)]
+            wait_for_files(parts, f"round {round} synthesis", wait_minutes, say=say, failures=layout.failures,
+                           since=since)
+            _write_round(layout, round, questions, synthesis, meta, parts, merged_path, adapter)
+        else:
+            wait_for_files([merged_path], f"round {round} merge", wait_minutes, say=say, failures=layout.failures,
+                           since=since)
+    except Exception as err:
+        if shard.world > 1:
+            mark_failed(layout.failures, shard.rank, err)
+        raise
     result = _read_round(layout, round, questions, merged_path)
     if not result.kept:
         message = empty_round_message(result.stats)
@@ -152,7 +182,7 @@ def _write_part(path: Path, result: RoundResult | None, store: dict, seconds: fl
     })
 
 
-def _write_round(layout: RunLayout, k: int, questions, synthesis, meta, part_paths, merged_path) -> None:
+def _write_round(layout: RunLayout, k: int, questions, synthesis, meta, part_paths, merged_path, adapter) -> None:
     """Rank 0: merge the parts by question id and write the round's files, then ``merged.json`` last."""
     parts, stores, seconds = [], [], []
     for path in part_paths:
@@ -172,6 +202,7 @@ def _write_round(layout: RunLayout, k: int, questions, synthesis, meta, part_pat
     stats["files"] = {"candidates": str(layout.candidates(k)), "kept": str(layout.kept(k)),
                       "summary": str(layout.summary(k)), "store": store.get("store")}
     stats["meta"] = meta
+    stats["adapter"] = adapter
     write_jsonl(layout.candidates(k), (c.to_dict() for c in result.candidates))
     write_jsonl(layout.kept(k), sft_records(result.kept, questions))
     write_json(layout.summary(k), stats)

@@ -106,7 +106,8 @@ class VLLMEngine:
         self.max_lora_rank = config.max_lora_rank
         self.sleep_enabled = config.enable_sleep_mode and not self.on_cpu
         self._tokenizer = load_chat_tokenizer(model, config.trust_remote_code)
-        kwargs = {"model": model, "tokenizer": model, "dtype": resolve_dtype(config.dtype, not self.on_cpu),
+        self.dtype = resolve_dtype(config.dtype, not self.on_cpu)
+        kwargs = {"model": model, "tokenizer": model, "dtype": self.dtype,
                   "max_model_len": config.max_model_len, "seed": config.seed, "enable_prefix_caching": True,
                   "trust_remote_code": config.trust_remote_code, "worker_extension_cls": WORKER_EXTENSION,
                   "tensor_parallel_size": config.tensor_parallel_size}

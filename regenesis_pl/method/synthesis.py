@@ -135,7 +135,8 @@ class RoundResult:
     skipped: dict = field(default_factory=dict)
 
 
-def _check_questions(questions: list[Question], config: SynthesisConfig) -> None:
+def check_questions(questions: list[Question], config: SynthesisConfig) -> None:
+    """One-line errors for a round's question list: empty, repeated ids, or no gold answer where needed."""
     if not questions:
         raise ValueError("synthesize_round: no questions given; load a task with at least one question")
     ids = [q.id for q in questions]
@@ -220,7 +221,7 @@ def synthesize_round(engine: Engine | None, questions: list[Question], config: S
         ValueError: no questions, duplicate ids, gold filtering on questions without gold answers, or no
             engine for a generating method.
     """
-    _check_questions(questions, config)
+    check_questions(questions, config)
     ledger, skipped = TokenLedger(), {}
     candidates: list[Candidate] = []
     hint_questions: list[str] = []

@@ -112,7 +112,12 @@ class SFTModule(LightningModule):
                                  hp.target_modules, hp.gradient_checkpointing, hp.trust_remote_code,
                                  device=device, memory_shards=shards, check_memory=hp.check_memory)
         if self._trainer is not None and is_fsdp2(self.trainer.strategy):
-            shard_fsdp2(self.model, self.device_mesh["data_parallel"])  # Lightning moves the shards to the device
+            mesh = self.device_mesh["data_parallel"]
+            if mesh.size() != self.trainer.world_size:  # else gradients would never be synchronized
+                raise ValueError(f"FSDP2: the data-parallel mesh has {mesh.size()} of {self.trainer.world_size} "
+                                 "processes; set trainer.strategy.data_parallel_size to the number of processes and "
+                                 "tensor_parallel_size: 1 (ModelParallelStrategy's defaults shard over nodes only)")
+            shard_fsdp2(self.model, mesh)  # Lightning moves the shards to the device
         self.model.train()  # from_pretrained returns eval mode; Lightning keeps module modes as they are
 
     # ----------------------------------------------------------------- steps
