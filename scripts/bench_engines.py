@@ -86,7 +86,7 @@ def main() -> None:
     import torch
 
     from regenesis_pl.engines.base import SamplingConfig
-    from regenesis_pl.engines.factory import build_engine
+    from regenesis_pl.engines.factory import EngineConfig, build_engine
     from regenesis_pl.model_source import resolve_model
 
     if args.threads:
@@ -102,8 +102,8 @@ def main() -> None:
         adapter_dir = make_adapter(model_dir, os.path.join(tmp, "adapter"))
         for backend in ("transformers", "vllm"):
             start = time.perf_counter()
-            engine = build_engine(backend=backend, model=model_dir, batch_size=args.batch_size,
-                                  max_lora_rank=8, kv_cache_gb=args.kv_cache_gb)
+            engine = build_engine(EngineConfig(backend=backend, batch_size=args.batch_size, max_lora_rank=8,
+                                               kv_cache_gb=args.kv_cache_gb), model_dir)
             started = time.perf_counter() - start
             outputs, tokens, seconds = run(engine, conversations, sampling)
             swaps = swap_timings(engine, adapter_dir, model_dir, conversations, short)

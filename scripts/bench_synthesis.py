@@ -97,7 +97,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from regenesis_pl.data.round_files import synthesize_to_store
     from regenesis_pl.engines.base import SamplingConfig
-    from regenesis_pl.engines.factory import build_engine
+    from regenesis_pl.engines.factory import EngineConfig, build_engine
     from regenesis_pl.hashing import stable_seed
     from regenesis_pl.method.prompts import path_prompt
     from regenesis_pl.method.synthesis import SynthesisConfig, synthesize_round
@@ -107,7 +107,7 @@ def main() -> None:
                              max_tokens=args.max_tokens, hint_stages=["adapt", "structure"] if args.hint else [],
                              chunk_size=max(1, args.questions), seed=0)
     start = time.perf_counter()
-    engine = build_engine(backend=args.engine, model=args.model)
+    engine = build_engine(EngineConfig(backend=args.engine), args.model)
     print(f"engine {engine.name} ready in {time.perf_counter() - start:.1f} s; {args.questions} questions x "
           f"{args.guidelines} guidelines, plan {args.plan_max_tokens} / path {args.max_tokens} tokens", flush=True)
     engine.generate([[{"role": "user", "content": "Say hi."}]], SamplingConfig(max_tokens=4))  # warm-up
