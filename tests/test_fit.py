@@ -120,15 +120,16 @@ def test_trainable_weights_changed_and_frozen_did_not(smoke):
 def test_round1_is_synthesized_by_round0_adapter(smoke):
     run = smoke.run_dir
     meta0, meta1 = _json(run / "round-0" / "meta.json"), _json(run / "round-1" / "meta.json")
-    assert meta0["adapter"] is None
-    adapter = Path(meta1["adapter"])
+    marker0, marker1 = _json(run / "round-0" / "fit_round.json"), _json(run / "round-1" / "fit_round.json")
+    assert marker0["adapter"] is None and _json(run / "round-1" / "summary.json")["adapter"] == marker1["adapter"]
+    adapter = Path(marker1["adapter"])
     assert adapter.parent.name == "adapters" and adapter.name.startswith("round-0-step-")
     assert (run / "adapters" / adapter.name / "adapter_model.safetensors").is_file()
     assert meta1["weights_id"] != meta0["weights_id"]
     # the weights that made round 1 are the ones evaluated after round 0, and they answer differently from
     # the base model on the very same greedy prompts
     eval0 = _json(run / "eval" / "round-0.json")
-    assert eval0["weights_id"] == meta1["weights_id"] and eval0["adapter"] == meta1["adapter"]
+    assert eval0["weights_id"] == meta1["weights_id"] and eval0["adapter"] == marker1["adapter"]
     base = [json.loads(line) for line in (run / "eval" / "base_records.jsonl").read_text().splitlines()]
     after = [json.loads(line) for line in (run / "eval" / "round-0_records.jsonl").read_text().splitlines()]
     assert [r["question_id"] for r in base] == [r["question_id"] for r in after]

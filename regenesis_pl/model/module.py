@@ -152,9 +152,16 @@ class SFTModule(LightningModule):
         self._tick = None  # do not count validation or data reloads as training time
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._held_out_loss(batch, "val/loss")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """``regenesis test``: the held-out loss (task accuracy comes from the evaluation callback)."""
+        return self._held_out_loss(batch, "test/loss")
+
+    def _held_out_loss(self, batch: dict[str, torch.Tensor], name: str) -> torch.Tensor:
         loss = self(batch).loss
         targets = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-        self.log("val/loss", loss, prog_bar=True, batch_size=max(targets, 1), sync_dist=True)
+        self.log(name, loss, prog_bar=True, batch_size=max(targets, 1), sync_dist=True)
         return loss
 
     # ----------------------------------------------------------------- optimizer
