@@ -362,3 +362,22 @@ def test_vllm_close_ends_engine_processes(vllm_engine):
     assert not left, f"processes left after close: {left}"
     with pytest.raises(RuntimeError, match="closed"):
         vllm_engine.generate(CONVERSATIONS[:1], GREEDY)
+
+
+def test_fingerprint_ignores_the_order_peft_writes_target_modules_in(tmp_path):
+    """peft saves target_modules from a set (order varies per process): the same adapter, one fingerprint."""
+    from regenesis_pl.engines.fingerprint import weights_fingerprint
+
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "config.json").write_text("{}")
+    fingerprints = []
+    for i, order in enumerate((["q_proj", "k_proj", "v_proj"], ["v_proj", "q_proj", "k_proj"])):
+        adapter = tmp_path / f"adapter{i}"
+        adapter.mkdir()
+        (adapter / "adapter_config.json").write_text(json.dumps({"r": 8, "target_modules": order}))
+        (adapter / "adapter_model.safetensors").write_bytes(b"same weights")
+        fingerprints.append(weights_fingerprint(str(base), str(adapter)))
+    assert fingerprints[0] == fingerprints[1]
+    (tmp_path / "adapter1" / "adapter_config.json").write_text(json.dumps({"r": 16, "target_modules": ["q_proj"]}))
+    assert weights_fingerprint(str(base), str(tmp_path / "adapter1")) != fingerprints[0]

@@ -50,7 +50,9 @@ def _update_with_folder(digest, folder: str, full: bool) -> None:
     for path in files:
         stat = path.stat()
         digest.update(f"{path.relative_to(root).as_posix()}\0{stat.st_size}\0".encode())
-        if full or stat.st_size <= FULL_HASH_LIMIT:
+        if path.name == "adapter_config.json":
+            digest.update(_canonical_adapter_config(path))
+        elif full or stat.st_size <= FULL_HASH_LIMIT:
             update_with_file(digest, path)
         else:
             digest.update(str(stat.st_mtime_ns).encode())
@@ -58,3 +60,17 @@ def _update_with_folder(digest, folder: str, full: bool) -> None:
                 digest.update(fh.read(EDGE))
                 fh.seek(stat.st_size - EDGE)
                 digest.update(fh.read(EDGE))
+
+
+def _canonical_adapter_config(path: Path) -> bytes:
+    """peft writes ``target_modules`` from a set, in an order that changes from process to process: the same
+    adapter saved twice must have one fingerprint (a resumed fit must find its stored generations)."""
+    import json
+
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        return path.read_bytes()
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+    return json.dumps(config, sort_keys=True).encode("utf-8")
