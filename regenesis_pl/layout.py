@@ -87,12 +87,7 @@ class RunLayout:
 
     def rounds_with_summary(self) -> dict[int, Path]:
         """Round number -> ``summary.json`` of every round that has one."""
-        found = {}
-        for path in self.root.glob("round-*/summary.json"):
-            parsed = parse_round_name(path.parent.name)
-            if parsed is not None and parsed[1] is None:
-                found[parsed[0]] = path
-        return dict(sorted(found.items()))
+        return _by_round(self.root.glob("round-*/summary.json"), lambda p: p.parent.name)
 
     @property
     def failures(self) -> Path:
@@ -128,11 +123,7 @@ class RunLayout:
     def round_evaluations(self) -> dict[int, Path]:
         """-1 (the base model) and each round k -> its evaluation file, for the evaluations that exist."""
         found = {-1: self.evaluation("base")} if self.evaluation("base").is_file() else {}
-        for path in self.eval_dir.glob("round-*.json"):
-            parsed = parse_round_name(path.stem)
-            if parsed is not None and parsed[1] is None:
-                found[parsed[0]] = path
-        return dict(sorted(found.items()))
+        return {**found, **_by_round(self.eval_dir.glob("round-*.json"), lambda p: p.stem)}
 
     # ------------------------------------------------------------------------------- export and report
     def export(self, k: int, merged: bool = False) -> Path:
@@ -162,3 +153,13 @@ class RunLayout:
     def standalone_eval(self, suffix: str) -> Path:
         """``eval.json``, ``eval.md`` or ``eval_records.jsonl`` of ``regenesis evaluate``."""
         return self.root / f"eval{suffix}"
+
+
+def _by_round(paths, name_of) -> dict[int, Path]:
+    """Round number -> path, for the paths whose ``name_of(path)`` is a plain ``round-<k>`` (no step)."""
+    found = {}
+    for path in paths:
+        parsed = parse_round_name(name_of(path))
+        if parsed is not None and parsed[1] is None:
+            found[parsed[0]] = path
+    return dict(sorted(found.items()))

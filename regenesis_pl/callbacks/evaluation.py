@@ -158,7 +158,7 @@ class EvaluationCallback(Callback):
             finally:
                 if cached is not None:
                     cached.store.close()
-            if shard.world > 1:  # every rank leaves together, after a file wait rather than inside a collective
+            if not shard.is_first:  # rank 0 waited for every part to merge them; the others leave with it
                 wait_for_files([parts(r) for r in range(shard.world)], f"eval {name}", self.wait_minutes,
                                failures=self.layout.failures, since=start_wall)
         if result is None:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from regenesis_pl.atomic import read_json, write_json, write_jsonl, write_text
-from regenesis_pl.data.sft_records import sft_records
+from regenesis_pl.data.sft_records import load_candidates, sft_records
 from regenesis_pl.data.store import CachedEngine, prepare_store_dir
 from regenesis_pl.engines.base import Engine
 from regenesis_pl.hashing import digest
@@ -141,7 +141,7 @@ def synthesize_to_store(engine: Engine | None, questions: list[Question], synthe
             parts = [layout.round_shard(round, tag, r) for r in range(shard.world)]
             wait_for_files(parts, f"round {round} synthesis", wait_minutes, say=say, failures=layout.failures,
                            since=since)
-            _write_round(layout, round, questions, synthesis, meta, parts, merged_path, adapter)
+            result = _write_round(layout, round, questions, synthesis, meta, parts, merged_path, adapter)
         else:
             wait_for_files([merged_path], f"round {round} merge", wait_minutes, say=say, failures=layout.failures,
                            since=since)
@@ -149,7 +149,8 @@ def synthesize_to_store(engine: Engine | None, questions: list[Question], synthe
         if shard.world > 1:
             mark_failed(layout.failures, shard.rank, err)
         raise
-    result = _read_round(layout, round, questions, merged_path)
+    if not shard.is_first:  # rank 0 holds the merged round; the others read what it wrote
+        result = _read_round(layout, round)
     if not result.kept:
         message = empty_round_message(result.stats)
         if require_kept:
@@ -182,8 +183,9 @@ def _write_part(path: Path, result: RoundResult | None, store: dict, seconds: fl
     })
 
 
-def _write_round(layout: RunLayout, k: int, questions, synthesis, meta, part_paths, merged_path, adapter) -> None:
-    """Rank 0: merge the parts by question id and write the round's files, then ``merged.json`` last."""
+def _write_round(layout: RunLayout, k: int, questions, synthesis, meta, part_paths, merged_path,
+                 adapter) -> RoundResult:
+    """Rank 0: merge the parts by question id, write the round's files (``merged.json`` last), return it."""
     parts, stores, seconds = [], [], []
     for path in part_paths:
         raw = read_json(path, "synthesis part")
@@ -208,6 +210,7 @@ def _write_round(layout: RunLayout, k: int, questions, synthesis, meta, part_pat
     write_json(layout.summary(k), stats)
     write_text(layout.summary(k, ".md"), summary_markdown(stats))
     write_json(merged_path, {"round": k, "kept": len(result.kept), "processes": len(part_paths)})
+    return result
 
 
 def _sum_stores(stores: list[dict]) -> dict:
@@ -218,13 +221,11 @@ def _sum_stores(stores: list[dict]) -> dict:
     return out
 
 
-def _read_round(layout: RunLayout, k: int, questions, merged_path: Path) -> RoundResult:
-    """The merged round as every rank reads it back from the files rank 0 wrote."""
-    from regenesis_pl.data.sft_records import load_candidates
-
+def _read_round(layout: RunLayout, k: int) -> RoundResult:
+    """The merged round as a rank other than 0 reads it back from the files rank 0 wrote."""
     candidates = load_candidates(layout.candidates(k))
-    stats = read_json(layout.summary(k), "round summary")
-    return RoundResult(candidates=candidates, kept=[c for c in candidates if c.kept], stats=stats)
+    return RoundResult(candidates=candidates, kept=[c for c in candidates if c.kept],
+                       stats=read_json(layout.summary(k), "round summary"))
 
 
 def _speed(result: RoundResult, store: dict, seconds: float) -> dict[str, float]:
