@@ -105,9 +105,13 @@ def _synthesis_table(stats: dict[int, dict[str, Any]]) -> list[str]:
 
 
 def _timings_table(timings: dict[str, Any]) -> list[str]:
-    lines = [(f"Engine: {timings.get('backend', '?')}, built in {timings.get('build_s', 0):.1f} s. "
-             "Push = saving the current weights and handing them to the engine (LoRA: a new adapter request, "
-             "no merge, no rebuild; full fine-tuning: load_weights); wake/sleep = vLLM sleep mode (CUDA only)."),
+    push = timings.get("push") or {}
+    how = (f" Weights reach the engines as **{push['choice']}** (push: {push.get('mode')}; {push.get('reason')})."
+           if push.get("choice") else "")
+    lines = [(f"Engine: {timings.get('backend', '?')}, built in {timings.get('build_s', 0):.1f} s.{how} "
+             "Push = saving the current weights and handing them to the engine (LoRA: a new adapter request, or "
+             "the adapter folded into the weights and reloaded in place; full fine-tuning: the weights reloaded "
+             "in place); wake/sleep = vLLM sleep mode (CUDA only)."),
              "", "| round | round time (s) | pushes | push (s) | wake (s) | sleep (s) | generation (s) | push share |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for key, r in sorted(timings.get("rounds", {}).items(), key=lambda kv: int(kv[0])):

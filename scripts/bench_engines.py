@@ -112,6 +112,11 @@ def main() -> None:
             print(f"[{backend}] start {started:.1f} s | {tokens} tokens in {seconds:.1f} s = "
                   f"{tokens / seconds:.1f} tokens/s | " + " | ".join(f"{k} {v:.2f} s" for k, v in swaps.items()))
             results[backend + "_tps"] = tokens / seconds
+    from regenesis_pl.roofline import describe, matmul_flops, parameter_count
+
+    flops, params = matmul_flops(), parameter_count(model_dir)
+    for backend in ("transformers", "vllm"):
+        print(f"[{backend}] {describe(results[backend + '_tps'], params, flops)}")
     ratio = results["vllm_tps"] / results["transformers_tps"]
     same = sum(a.completions[0].text == b.completions[0].text
                for a, b in zip(results["transformers"], results["vllm"]))

@@ -86,7 +86,7 @@ def main() -> None:
     parser.add_argument("--guidelines", type=int, default=4, help="seed guidelines per question")
     parser.add_argument("--plan-max-tokens", type=int, default=40)
     parser.add_argument("--max-tokens", type=int, default=80)
-    parser.add_argument("--flush-every", type=int, default=32)
+    parser.add_argument("--flush-every", type=int, default=None, help="requests per engine call (default: all)")
     parser.add_argument("--hint", action="store_true", help="also run the hint pass (more work in a and b)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default=None, help="also write the figures to this file")
@@ -116,7 +116,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             def stage_major():
                 result = synthesize_to_store(engine, questions, config, run_dir=tmp, flush_every=args.flush_every,
-                                             say=lambda msg: None)
+                                             say=lambda msg: None)  # flush_every None: each stage in one call
                 kept["a"] = result
                 return len(result.candidates), result.stats["tokens"]["total_generated_tokens"]
 
@@ -158,6 +158,16 @@ def main() -> None:
         ratios["a/c tokens/cpu-s"] = a["tokens_per_cpu_s"] / c["tokens_per_cpu_s"]
     for name, value in ratios.items():
         print(f"{name:<16} {value:5.2f}x")
+    from regenesis_pl.model_source import resolve_model
+    from regenesis_pl.roofline import describe, limit_share, matmul_flops, parameter_count
+
+    flops, params = matmul_flops(), parameter_count(resolve_model(args.model))
+    for row in rows:
+        row["limit_share"] = round(limit_share(row["tokens_per_s"], params, flops), 4)
+        print(f"{row['mode']:<28} {describe(row['tokens_per_s'], params, flops)}")
+    print(f"(a) engine prefix-cache hit rate: {kept['a'].stats['speed'].get('prefix_cache_hit_rate', 0):.1%} of the "
+          "prompt tokens sent")
+
     def texts(cands):
         return sorted((c.question_id, c.guideline_id, c.hint, c.adapted, c.structure, c.path) for c in cands)
 

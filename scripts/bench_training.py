@@ -169,6 +169,16 @@ def main() -> None:
     hf = [r["tokens_per_s"] for r in results if r["side"].startswith("transformers")]
     ratio = (sum(ours) / len(ours)) / (sum(hf) / len(hf))
     print(f"ratio ours / HF (non-pad tokens/s): {ratio:.2f}x  (goal >= 1.2x)")
+    import torch
+
+    from regenesis_pl.model_source import resolve_model
+    from regenesis_pl.roofline import describe, matmul_flops, parameter_count
+
+    torch.set_num_threads(args.threads)
+    flops, params = matmul_flops(), parameter_count(resolve_model(args.model))
+    for side, speeds in (("ours", ours), ("HF", hf)):
+        print(f"{side}: {describe(sum(speeds) / len(speeds), params, flops, 'lora_train')} (padding included in "
+              "the work, not in the tokens)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"results": results, "ratio": ratio, "args": vars(args)}, f, indent=2)

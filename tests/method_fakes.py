@@ -32,7 +32,7 @@ class ScriptedEngine:
         self.respond = respond
         self.calls: list[dict] = []
 
-    def generate(self, conversations, sampling, request_seeds=None, progress=None):
+    def generate(self, conversations, sampling, request_seeds=None, progress=None, on_finished=None):
         stages = {stage_of(c) for c in conversations}
         assert len(stages) == 1, f"one engine call mixed stages {stages}"
         self.calls.append({"stage": stages.pop(), "conversations": list(conversations), "sampling": sampling,

@@ -332,6 +332,64 @@ def test_vllm_load_weights_pushes_full_weights(vllm_engine, vllm_greedy, hf, per
     assert texts(vllm_engine.generate(CONVERSATIONS, GREEDY)) == texts(vllm_greedy)
 
 
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_vllm_reports_each_request_as_it_finishes_and_aborts_the_rest_on_error(vllm_engine, vllm_greedy):
+    """One engine call for all requests; ``on_finished`` hears of each conversation once, while others still run
+    (requests of different lengths finish at different steps); an error in the caller leaves nothing queued."""
+    reports = []
+    outputs = vllm_engine.generate(CONVERSATIONS, GREEDY, on_finished=lambda done: reports.append(list(done)))
+    assert sorted(i for batch in reports for i, _ in batch) == list(range(len(CONVERSATIONS)))
+    assert len(reports) > 1  # streamed, not one report at the end
+    assert all(out is outputs[i] for batch in reports for i, out in batch)
+    assert texts(outputs) == texts(vllm_greedy)
+
+    def fail(done):
+        raise KeyboardInterrupt("stop after the first finished request")
+
+    with pytest.raises(KeyboardInterrupt):
+        vllm_engine.generate(CONVERSATIONS, GREEDY, on_finished=fail)
+    assert not vllm_engine.llm.llm_engine.has_unfinished_requests()
+    assert texts(vllm_engine.generate(CONVERSATIONS, GREEDY)) == texts(vllm_greedy)
+    assert vllm_engine.prefix_cache["prompt_tokens"] > vllm_engine.prefix_cache["cached_tokens"] > 0
+
+
+@pytest.fixture(scope="module")
+def merged_dir(model_dir, adapter_dir, tmp_path_factory):
+    """The random adapter folded into the base (``model.merge``), as a ``push: merged`` writes it."""
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    from regenesis_pl.model.merge import lora_scalings, served_state_dict
+
+    net = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), adapter_dir)
+    state = served_state_dict(net.state_dict(), torch.float32, True, lora_scalings(net))
+    out = tmp_path_factory.mktemp("merged")
+    save_file(state, str(out / "model.safetensors"))
+    return str(out)
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_vllm_merged_push_gives_the_adapters_greedy_texts(vllm_engine, vllm_greedy, adapter_dir, merged_dir,
+                                                          model_dir):
+    """``push: merged`` serves the same function as the LoRA request: identical greedy texts, same weights id."""
+    vllm_engine.set_adapter(adapter_dir)
+    through_adapter, adapter_id = vllm_engine.generate(CONVERSATIONS, GREEDY), vllm_engine.weights_id
+    vllm_engine.set_adapter(None)
+    try:
+        vllm_engine.load_weights(merged_dir, adapter_id)
+        merged = vllm_engine.generate(CONVERSATIONS, GREEDY)
+        assert vllm_engine.weights_id == adapter_id
+    finally:
+        vllm_engine.load_weights(model_dir)
+    assert texts(through_adapter) != texts(vllm_greedy)  # the adapter changes the output, so equality means something
+    assert texts(merged) == texts(through_adapter)
+    assert texts(vllm_engine.generate(CONVERSATIONS, GREEDY)) == texts(vllm_greedy)
+
+
 def _engine_processes(pids: set[int]) -> list[str]:
     """Engine processes (by pid) still alive or unreaped; Python's shared resource tracker is not one."""
     import psutil

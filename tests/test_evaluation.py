@@ -22,7 +22,7 @@ class Replies:
     def __init__(self, replies: dict[str, str]) -> None:
         self.replies, self.calls = replies, []
 
-    def generate(self, conversations, sampling, request_seeds=None, progress=None):
+    def generate(self, conversations, sampling, request_seeds=None, progress=None, on_finished=None):
         self.calls.append({"n": len(conversations), "sampling": sampling, "progress": progress,
                            "seeds": list(request_seeds)})
         outputs = []

@@ -92,7 +92,14 @@ def test_two_rounds_are_evaluated_logged_and_reported(smoke):
     for k in ("0", "1"):
         r = timings["rounds"][k]
         assert r["pushes"] >= 1 and r["push_s"] > 0 and r["seconds"] > r["push_s"]
-    print(f"push share per round: {[timings['rounds'][k]['push_share'] for k in ('0', '1')]}, "
+    # push: auto measured both ways once, on the first push that carried trained weights, and kept its pick
+    push = timings["push"]
+    assert push["mode"] == "auto" and push["choice"] in ("adapter", "merged"), push
+    assert push["reason"].startswith("auto:") and "identical greedy texts" in push["reason"], push
+    assert smoke.log.count("trained weights reach the engines as") == 1
+    assert f"Weights reach the engines as **{push['choice']}**" in report
+    print(f"push: {push['choice']} ({push['reason']}); "
+          f"push share per round: {[timings['rounds'][k]['push_share'] for k in ('0', '1')]}, "
           f"accuracy base/r0/r1: {[evals[n]['per_task'][task]['accuracy'] for n in evals]}")
 
 

@@ -121,7 +121,7 @@ class Echo:
 
     name, tokenizer, weights_id = "echo", None, "echo-0"
 
-    def generate(self, conversations, sampling, request_seeds=None, progress=None):
+    def generate(self, conversations, sampling, request_seeds=None, progress=None, on_finished=None):
         outs = []
         for conv in conversations:
             a = int(conv[-1]["content"].split("What is ")[1].split(" ")[0])

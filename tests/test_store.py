@@ -36,12 +36,15 @@ class EchoEngine:
 
     name = "echo"
 
-    def __init__(self, fail_after_calls: int | None = None) -> None:
+    def __init__(self, fail_after_calls: int | None = None, die_after_outputs: int | None = None,
+                 streams: bool = True) -> None:
         self._tokenizer = _tokenizer()
         self.weights = "base"
         self.calls = 0
         self.requests = 0
         self.fail_after_calls = fail_after_calls
+        self.die_after_outputs = die_after_outputs  # die in the middle of a call, after reporting this many
+        self.streams = streams  # report each finished output as it is done (as the real engines do)
 
     @property
     def tokenizer(self):
@@ -51,21 +54,28 @@ class EchoEngine:
     def weights_id(self) -> str:
         return self.weights
 
-    def generate(self, conversations, sampling, request_seeds=None, progress=None):
+    def generate(self, conversations, sampling, request_seeds=None, progress=None, on_finished=None):
         if self.fail_after_calls is not None and self.calls >= self.fail_after_calls:
             raise RuntimeError("engine died")
         self.calls += 1
         seeds = request_seeds if request_seeds is not None else [sampling.seed + i for i in range(len(conversations))]
         self.requests += len(conversations)
-        return [RequestOutput([Completion(f"{conv[-1]['content']}|seed={s}|w={self.weights}|t={sampling.temperature}"
-                                          f"|k={k}", 3, "stop") for k in range(sampling.n)], prompt_tokens=5)
-                for conv, s in zip(conversations, seeds)]
+        outputs = [RequestOutput([Completion(f"{conv[-1]['content']}|seed={s}|w={self.weights}|"
+                                             f"t={sampling.temperature}|k={k}", 3, "stop") for k in range(sampling.n)],
+                                 prompt_tokens=5)
+                   for conv, s in zip(conversations, seeds)]
+        for i in reversed(range(len(outputs))):  # finishing out of order, as a real engine may
+            if self.die_after_outputs is not None and len(outputs) - 1 - i >= self.die_after_outputs:
+                raise RuntimeError("engine died mid-call")
+            if self.streams and on_finished is not None:
+                on_finished([(i, outputs[i])])
+        return outputs
 
     def set_adapter(self, adapter_dir):
         self.weights = f"base+{adapter_dir}"
 
-    def load_weights(self, model_dir):
-        self.weights = model_dir
+    def load_weights(self, model_dir, weights_id=None):
+        self.weights = weights_id or model_dir
 
     def sleep(self):
         pass
@@ -218,6 +228,27 @@ def test_engine_error_keeps_stored_work(tmp_path):
     outs = rerun.generate(_convs(10), SAMPLING, request_seeds=list(range(10)))
     assert (rerun.hits, rerun.misses, inner.requests) == (8, 2, 2)
     assert [o.completions[0].text.split("|")[1] for o in outs] == [f"seed={i}" for i in range(10)]
+
+
+def test_each_completion_is_stored_as_it_finishes_so_a_death_mid_call_keeps_them(tmp_path):
+    """One engine call for the whole stage (no sub-batches); what finished before the engine died is stored."""
+    dying = EchoEngine(die_after_outputs=4)
+    eng = CachedEngine(dying, tmp_path)
+    with pytest.raises(RuntimeError, match="died mid-call"):
+        eng.generate(_convs(10), SAMPLING, request_seeds=list(range(10)))
+    eng.store.close()
+    assert dying.calls == 1 and eng.misses == 4 and len(GenerationStore(tmp_path)) == 4
+    inner = EchoEngine()
+    rerun = CachedEngine(inner, tmp_path)
+    outs = rerun.generate(_convs(10), SAMPLING, request_seeds=list(range(10)))
+    assert (rerun.hits, rerun.misses, inner.calls, inner.requests) == (4, 6, 1, 6)
+    assert [o.completions[0].text.split("|")[1] for o in outs] == [f"seed={i}" for i in range(10)]
+
+
+def test_an_engine_that_does_not_stream_is_stored_when_its_call_returns(tmp_path):
+    eng = CachedEngine(EchoEngine(streams=False), tmp_path)
+    outs = eng.generate(_convs(3), SAMPLING, request_seeds=[0, 1, 2])
+    assert eng.misses == 3 and len(eng.store) == 3 and outs[2].completions[0].text.startswith("question 2|seed=2")
 
 
 def test_n_completions_round_trip(tmp_path):

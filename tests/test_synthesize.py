@@ -113,7 +113,7 @@ class FailAfter:
     def weights_id(self):
         return self.inner.weights_id
 
-    def generate(self, conversations, sampling, request_seeds=None, progress=None):
+    def generate(self, conversations, sampling, request_seeds=None, progress=None, on_finished=None):
         if self.left == 0:
             raise RuntimeError("engine crashed")
         self.left -= 1
@@ -158,7 +158,7 @@ def test_sigkill_then_rerun_generates_only_the_missing_requests(task, reference,
         from regenesis_pl.tasks.registry import TaskConfig
         run_synthesis(task=TaskConfig(name={task.name!r}, path={task.path!r}), engine=EngineConfig(**{ENGINE!r}),
                       synthesis=SynthesisConfig(**{SETTINGS!r}), run_dir={str(run_dir)!r},
-                      flush_every={FLUSH}, require_kept=False)
+                      require_kept=False)  # flush_every None: each stage in one call, stored as it finishes
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
@@ -182,7 +182,7 @@ def test_sigkill_then_rerun_generates_only_the_missing_requests(task, reference,
     assert 2 * FLUSH <= stored < reference["total"]
     assert not (rdir / "kept.jsonl").exists()
     summary = run_synthesis(task=task, engine=EngineConfig(**ENGINE), synthesis=SynthesisConfig(**SETTINGS),
-                            run_dir=str(run_dir), flush_every=FLUSH, require_kept=False)
+                            run_dir=str(run_dir), require_kept=False)
     assert summary["store"]["misses"] == reference["total"] - stored
     assert summary["store"]["hits"] >= stored
     assert _kept_key(load_sft_records(rdir / "kept.jsonl")) == reference["kept"]

@@ -4,11 +4,14 @@ Every rank builds its own engine on its own device (one vLLM per GPU; with ``eng
 g > 1, the first rank of each group of g runs one engine over the group's GPUs), lazily, at the first
 synthesis or evaluation. Before each use the current training weights are pushed into every engine:
 
-- LoRA / QLoRA: rank 0 writes the adapter to ``<run_dir>/adapters/round-<k>-step-<s>`` and every engine
-  serves that folder as a new LoRA request. Nothing is merged and no engine is rebuilt, so an adapter can
-  never be applied twice (after a resume, the adapter weights come from the checkpoint alone).
-- full fine-tuning: the weights are gathered (all ranks take part under FSDP), written once to
-  ``<run_dir>/weights/round-<k>-step-<s>``, and every engine loads them in place (``load_weights``).
+- LoRA / QLoRA: rank 0 writes the adapter to ``<run_dir>/adapters/round-<k>-step-<s>``. With ``push: adapter``
+  every engine serves that folder as a new LoRA request; with ``push: merged`` the adapter is also folded into
+  a copy of the base in the engine's dtype (``<run_dir>/weights/round-<k>-step-<s>``), which every engine loads
+  in place and decodes at the base model's speed; ``auto`` measures both once per run (``engines.push_mode``).
+  Either way the base is never changed in place, so an adapter can never be applied twice (after a resume,
+  the adapter weights come from the checkpoint alone), and both serve under the adapter's weights id.
+- full fine-tuning: the weights are gathered (all ranks take part under FSDP), written once in the engine's
+  dtype to ``<run_dir>/weights/round-<k>-step-<s>``, and every engine loads them in place (``load_weights``).
 
 Weights that did not change since the last push (same step and same trainable-state fingerprint) are not
 pushed again. Engines are woken for use (vLLM sleep mode, CUDA only; the trainer's cached GPU memory is
@@ -31,6 +34,7 @@ from lightning.pytorch import Callback
 
 from regenesis_pl.atomic import write_json
 from regenesis_pl.engines.factory import EngineConfig
+from regenesis_pl.engines.push_mode import PUSH_MODES, PushMode, measured_choice, probe, static_choice
 from regenesis_pl.layout import RunLayout
 from regenesis_pl.sharding import Shard
 
@@ -46,22 +50,31 @@ class EngineCallback(Callback):
         model: Base model the engines load; None = the LightningModule's ``model`` hyperparameter (the fit
             CLI links it from ``model.model`` so it is written once).
         run_dir: Run directory: pushed adapters/weights and ``engine_timings.json`` go here.
-        keep_full_weights: Full fine-tuning only: how many pushed weight folders to keep on disk (older ones
-            are deleted once the engines loaded a newer one); adapters are small and always kept.
+        keep_full_weights: How many pushed full or merged weight folders to keep on disk (older ones are
+            deleted once the engines loaded a newer one); adapters are small and always kept.
+        push: LoRA/QLoRA: how the trained adapter reaches the engines: "adapter" (a LoRA request), "merged"
+            (folded into the served weights: base-model decode speed) or "auto" (measured once per run;
+            QLoRA serves the adapter). The choice and its reason go to ``engine_timings.json`` and the report.
     """
 
     def __init__(self, engine: EngineConfig | None = None, model: str | None = None, run_dir: str = "runs/fit",
-                 keep_full_weights: int = 1) -> None:
+                 keep_full_weights: int = 1, push: PushMode = "auto") -> None:
         super().__init__()
         if keep_full_weights < 1:
             raise ValueError(f"generation: keep_full_weights={keep_full_weights} must be >= 1")
+        if push not in PUSH_MODES:
+            raise ValueError(f"generation.push={push!r} is unknown; use one of {', '.join(PUSH_MODES)}")
         self.config = engine or EngineConfig()
         self.backend = self.config.backend
         self.model = model
         self.layout = RunLayout(run_dir)
         self.keep_full_weights = keep_full_weights
+        self.push = push
+        self.push_choice: str | None = None  # "adapter", "merged" or "weights", once known
+        self.push_reason = ""
         self.engine = None
         self.served_adapter: str | None = None
+        self._served_as: str | None = None  # how this rank's engine holds the current weights
         self._pushed_key: tuple | None = None
         self._pushed_dirs: list[Path] = []
         self._awake = True
@@ -74,11 +87,15 @@ class EngineCallback(Callback):
 
     # ------------------------------------------------------------------------------ checkpoint state
     def state_dict(self) -> dict[str, Any]:
-        return {"events": self.events, "rounds": {str(k): v for k, v in self.rounds.items()}}
+        return {"events": self.events, "rounds": {str(k): v for k, v in self.rounds.items()},
+                "push": {"mode": self.push, "choice": self.push_choice, "reason": self.push_reason}}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.events = list(state_dict.get("events", []))
         self.rounds = {int(k): v for k, v in state_dict.get("rounds", {}).items()}
+        push = state_dict.get("push") or {}
+        if push.get("mode") == self.push:  # a resumed run keeps its measured choice; a changed setting re-decides
+            self.push_choice, self.push_reason = push.get("choice"), push.get("reason", "")
 
     # ------------------------------------------------------------------------------ building
     def model_name(self, pl_module) -> str:
@@ -100,7 +117,7 @@ class EngineCallback(Callback):
         name = self.model_name(pl_module)
         device = trainer.strategy.root_device
         device = str(device) if device.type == "cuda" else None
-        lora = bool(getattr(pl_module, "adapter_only", True))
+        lora = bool(getattr(pl_module, "adapter_only", True)) and self.push != "merged"
         log.info("engine: rank %d builds a %s engine for %s (once per run)", trainer.global_rank, self.backend, name)
         _release_cached_memory("engine build")
         self.engine = build_engine(self.config, name, enable_lora=lora, device=device)
@@ -109,6 +126,7 @@ class EngineCallback(Callback):
         self._awake = True
         self._pushed_key = None
         self.served_adapter = None
+        self._served_as = None
         log.info("engine: rank %d ready in %.1f s", trainer.global_rank, self.build_s)
         return self.engine
 
@@ -133,25 +151,78 @@ class EngineCallback(Callback):
             self._pushed_key = key
             return False, 0.0
         stage = str(getattr(trainer.state.fn, "value", trainer.state.fn))
-        folder = self.layout.pushed(adapter_only, self._round, trainer.global_step, stage)
+        choice = self._static_choice(pl_module)
+        folder = weights = None
         if adapter_only:
-            folder = Path(pl_module.save_adapter(folder))  # rank 0 writes
-        else:
-            folder = Path(pl_module.export_hf(folder))  # every rank gathers, rank 0 writes
-        trainer.strategy.barrier("regenesis-push")  # the folder is complete before any engine reads it
-        if self.engine is not None:
-            if adapter_only:
-                self.engine.set_adapter(str(folder))
-            else:
-                self.engine.load_weights(str(folder))
-        if adapter_only:
+            folder = Path(pl_module.save_adapter(self.layout.pushed(True, self._round, trainer.global_step, stage)))
             self.served_adapter = str(folder)
-        else:
+        if choice != "adapter":  # merged, full, or auto still to measure: every rank takes part (FSDP gathers)
+            weights = Path(pl_module.save_served_weights(self.layout.pushed(False, self._round, trainer.global_step,
+                                                                            stage), self._engine_dtype(trainer)))
+        trainer.strategy.barrier("regenesis-push")  # the folders are complete before any engine reads them
+        if choice is None:
+            choice = self._measure(trainer, pl_module, folder, weights)
+        self._serve(pl_module, choice, folder, weights)
+        if weights is not None:
             trainer.strategy.barrier("regenesis-loaded")  # every engine read it before an old folder goes
             if trainer.is_global_zero:
-                self._retire(folder)
+                self._retire(weights)
         self._pushed_key = key
         return True, time.perf_counter() - start
+
+    def _static_choice(self, pl_module) -> str | None:
+        """The push choice when it needs no measurement (logged once); None while ``auto`` has not measured."""
+        if self.push_choice is None:
+            adapter_only = getattr(pl_module, "adapter_only", True)
+            mode = getattr(pl_module, "mode", "lora") if adapter_only else "full"
+            blocker = pl_module.merge_blocker() if adapter_only and self.push != "adapter" else None
+            self.push_choice, self.push_reason = static_choice(self.push, mode, blocker)
+            if self.push_choice is not None:
+                log.info("engine: trained weights reach the engines as %s (%s)", self.push_choice, self.push_reason)
+        return self.push_choice
+
+    def _engine_dtype(self, trainer):
+        """The dtype the engines serve in (the pushed weights are written in it: no fp32 copy for a bf16 engine)."""
+        import torch
+
+        from regenesis_pl.engines.prompt_jobs import resolve_dtype
+
+        name = getattr(self.engine, "dtype", None)
+        if not isinstance(name, str):
+            name = resolve_dtype(self.config.dtype, trainer.strategy.root_device.type == "cuda")
+        return getattr(torch, name)
+
+    def _measure(self, trainer, pl_module, folder: Path, weights: Path) -> str:
+        """``auto``: rank 0 times a greedy probe served both ways and every rank takes its pick."""
+        decision = None
+        if trainer.is_global_zero and self.engine is not None:
+            self._serve(pl_module, "adapter", folder, weights)
+            through_adapter = probe(self.engine)
+            self._serve(pl_module, "merged", folder, weights)
+            merged = probe(self.engine)
+            decision = measured_choice(through_adapter, merged)
+        self.push_choice, self.push_reason = trainer.strategy.broadcast(decision, src=0)
+        log.info("engine: trained weights reach the engines as %s (%s)", self.push_choice, self.push_reason)
+        return self.push_choice
+
+    def _serve(self, pl_module, choice: str, folder: Path | None, weights: Path | None) -> None:
+        """Make this rank's engine serve the pushed weights the chosen way."""
+        from regenesis_pl.engines.fingerprint import weights_fingerprint
+        from regenesis_pl.model_source import resolve_model
+
+        engine = self.engine
+        if engine is not None:
+            if choice == "adapter":
+                if self._served_as == "merged":  # the merged weights go; the adapter applies to the base again
+                    engine.load_weights(resolve_model(self.model_name(pl_module)))
+                engine.set_adapter(str(folder))
+            elif choice == "merged":  # the same weights as the adapter path, so the same weights id
+                engine.set_adapter(None)
+                engine.load_weights(str(weights), weights_fingerprint(resolve_model(self.model_name(pl_module)),
+                                                                      str(folder)))
+            else:
+                engine.load_weights(str(weights))
+        self._served_as = choice
 
     def _retire(self, newest: Path) -> None:
         self._pushed_dirs.append(newest)
@@ -196,7 +267,8 @@ class EngineCallback(Callback):
         if pushed and trainer.is_global_zero:
             log.info("engine: pushed weights for %s to %d engine(s) in %.2f s (%s)", purpose,
                      trainer.world_size // self.config.tensor_parallel_size, push_s,
-                     self.served_adapter or "full weights")
+                     f"{self.served_adapter}, merged" if self.push_choice == "merged" else self.served_adapter
+                     or "full weights")
         return self.engine
 
     def release(self, trainer) -> None:
@@ -267,6 +339,7 @@ class EngineCallback(Callback):
         if not trainer.is_global_zero:
             return
         data = {"backend": self.backend, "build_s": round(self.build_s, 2), "rounds": self.round_summary(),
+                "push": {"mode": self.push, "choice": self.push_choice, "reason": self.push_reason},
                 "processes": trainer.world_size, "events": self.events}
         write_json(self.layout.timings, data)
 
@@ -278,6 +351,8 @@ class EngineCallback(Callback):
 
         import torch
 
+        if self.push == "merged" and getattr(pl_module, "mode", None) == "qlora":  # fail before any round runs
+            static_choice(self.push, "qlora", pl_module.merge_blocker())
         local = max(1, int(getattr(trainer, "num_devices", 1) or 1))
         if trainer.strategy.root_device.type == "cpu" and local > 1 and "OMP_NUM_THREADS" not in os.environ:
             threads = max(1, (os.cpu_count() or 1) // local)
@@ -306,6 +381,7 @@ class EngineCallback(Callback):
         engine, self.engine = self.engine, None
         self._pushed_key = None
         self.served_adapter = None
+        self._served_as = None
         if engine is not None:
             engine.close()
 

@@ -20,11 +20,11 @@ def run_evaluation(
     engine: EngineConfig | None = None,
     max_tokens: int = 512,
     run_dir: str = "runs/evaluate",
-    flush_every: int = 64,
+    flush_every: int | None = None,
 ) -> EvalResult | None:
     """Evaluate a model (optionally with a LoRA adapter) zero-shot on a list of tasks; write a report.
 
-    Generations go through an on-disk store under ``run_dir``, flushed every ``flush_every`` answers: rerun
+    Generations go through an on-disk store under ``run_dir``, each answer stored as it finishes: rerun
     the same command after a kill and only the missing answers are generated (other weights, engine or
     settings reuse nothing). Launched with several processes (``torchrun --nproc_per_node N``), every rank
     answers its share of the questions on its own device and rank 0 writes the merged report.
@@ -36,7 +36,8 @@ def run_evaluation(
         engine: Generation backend and its settings (vllm by default; "transformers" needs no vLLM).
         max_tokens: New-token budget per answer.
         run_dir: Where ``eval.json``, ``eval.md``, ``eval_records.jsonl`` and the generation store go.
-        flush_every: Answers per durable store sub-batch (a kill loses at most one; raise it on GPUs).
+        flush_every: At most this many answers per engine call; None (default): all in one call. Every answer
+            is stored the moment it finishes either way.
     """
     if not tasks:
         raise ValueError("evaluate: `tasks` is empty; list at least one task, e.g. --tasks '[{name: arithmetic}]'")

@@ -17,7 +17,7 @@ def run_synthesis(
     synthesis: SynthesisConfig | None = None,
     round: int = 0,
     run_dir: str = "runs/synthesize",
-    flush_every: int = 32,
+    flush_every: int | None = None,
     require_kept: bool = True,
 ) -> dict:
     """Synthesize and filter one round of reasoning paths for a task; resumable after any interruption.
@@ -34,8 +34,8 @@ def run_synthesis(
         synthesis: Method (regenesis, star, lmsi, gt), sampling, hint and filter settings.
         round: Self-improvement round (part of every request seed and of the output folder name).
         run_dir: Run directory; the round writes under ``<run_dir>/round-<round>``.
-        flush_every: Requests per durable store sub-batch: a kill loses at most one; raise it on GPUs
-            (e.g. 256) so the engine sees full batches.
+        flush_every: At most this many requests per engine call; None (default): each stage in one call.
+            Every completion is stored the moment it finishes, so a kill loses only requests still running.
         require_kept: Fail (``EmptyRoundError``, exit code 2) when no path survives filtering and hints.
 
     Returns:

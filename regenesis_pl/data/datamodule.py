@@ -53,14 +53,15 @@ class ReGenesisDataModule(LightningDataModule):
         val_fraction: Share of a round's questions whose paths are held out for the validation loss.
         num_workers: DataLoader worker processes (0 = load in the training process).
         run_dir: Run directory (``regenesis_pl.layout``); round k's synthesis lives in ``<run_dir>/round-<k>/``.
-        flush_every: Generation requests per durable store sub-batch (raise it on GPUs, e.g. 256).
+        flush_every: At most this many generation requests per engine call; None (default): a whole stage in
+            one call. Each completion is stored the moment it finishes either way.
         seed: Seed of the batch order and of the held-out split.
     """
 
     def __init__(self, train_task: TaskConfig, synthesis: SynthesisConfig | None = None, rounds: int = 1,
                  epochs_per_round: int = 1, restart_from_base: bool = False, max_length: int = 1024,
                  overflow: Literal["drop", "truncate"] = "drop", batch_size: int = 4, val_fraction: float = 0.1,
-                 num_workers: int = 0, run_dir: str = "runs/fit", flush_every: int = 32, seed: int = 0) -> None:
+                 num_workers: int = 0, run_dir: str = "runs/fit", flush_every: int | None = None, seed: int = 0) -> None:
         super().__init__()
         self.schedule = RoundSchedule(rounds, epochs_per_round)
         if batch_size < 1 or max_length < 8:
@@ -69,7 +70,7 @@ class ReGenesisDataModule(LightningDataModule):
             raise ValueError(f"data: val_fraction={val_fraction} must be in [0, 1)")
         if overflow not in ("drop", "truncate"):
             raise ValueError(f"data: overflow={overflow!r}; use 'drop' or 'truncate'")
-        if flush_every < 1:
+        if flush_every is not None and flush_every < 1:
             raise ValueError(f"data: flush_every={flush_every} must be >= 1")
         self.train_task = train_task
         self.synthesis = synthesis or SynthesisConfig()

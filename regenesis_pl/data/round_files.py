@@ -90,7 +90,7 @@ def served_by(engine: Engine | None) -> dict[str, Any] | None:
 
 
 def synthesize_to_store(engine: Engine | None, questions: list[Question], synthesis: SynthesisConfig,
-                        round: int = 0, run_dir: str | Path = "runs/synthesize", flush_every: int = 32,
+                        round: int = 0, run_dir: str | Path = "runs/synthesize", flush_every: int | None = None,
                         require_kept: bool = False, model: str | None = None, adapter: str | None = None,
                         shard: Shard | None = None, wait_minutes: float = DEFAULT_WAIT_MINUTES,
                         served: dict[str, Any] | None = None, run_token: str = "", say=print) -> RoundResult:
@@ -106,7 +106,8 @@ def synthesize_to_store(engine: Engine | None, questions: list[Question], synthe
         synthesis: Method, sampling and filter settings.
         round: Self-improvement round (part of the seeds, the lineage and the directory name).
         run_dir: Run directory; this round writes under ``<run_dir>/round-<round>``.
-        flush_every: Requests per durable sub-batch (raise on GPUs so the engine batches fully).
+        flush_every: At most this many requests per engine call; None: each stage in one call. Completions
+            are stored the moment they finish either way.
         require_kept: Raise ``EmptyRoundError`` when no path is kept.
         model: Model name for the meta and the summary.
         adapter: Adapter folder served (for the summary; the store is keyed by the weights' content).
@@ -215,7 +216,8 @@ def _write_round(layout: RunLayout, k: int, questions, synthesis, meta, part_pat
 
 def _sum_stores(stores: list[dict]) -> dict:
     out: dict[str, Any] = {"store": stores[0].get("store") if stores else None}
-    for key in ("hits", "misses", "stored", "skipped_lines", "generated_tokens", "cached_tokens"):
+    for key in ("hits", "misses", "stored", "skipped_lines", "generated_tokens", "cached_tokens", "prefix_prompt_tokens",
+                "prefix_cached_tokens"):
         out[key] = sum(s.get(key, 0) for s in stores)
     out["generate_seconds"] = round(max((s.get("generate_seconds", 0.0) for s in stores), default=0.0), 3)
     return out
@@ -236,6 +238,9 @@ def _speed(result: RoundResult, store: dict, seconds: float) -> dict[str, float]
         "paths_per_s": round(len(result.candidates) / seconds, 3) if seconds else 0.0,
         "tokens_per_s": round(generated / seconds, 1) if seconds else 0.0,
         "engine_tokens_per_s": round(generated / engine_seconds, 1) if engine_seconds else 0.0,
+        # share of the prompt tokens sent to the engine that its prefix cache served (vLLM; 0 when none sent)
+        "prefix_cache_hit_rate": round(store.get("prefix_cached_tokens", 0) / store["prefix_prompt_tokens"], 4)
+        if store.get("prefix_prompt_tokens") else 0.0,
     }
 
 
@@ -273,6 +278,9 @@ def summary_markdown(stats: dict) -> str:
         ("paths/s", speed.get("paths_per_s")),
         ("generated tokens/s", speed.get("tokens_per_s")),
         ("store hits / misses", f"{store.get('hits')} / {store.get('misses')}"),
+        *([("engine prefix-cache hit rate (prompt tokens)",
+            f"{speed['prefix_cache_hit_rate']:.1%} of {store['prefix_prompt_tokens']}")]
+          if store.get("prefix_prompt_tokens") else []),
     ]
     lines = [f"## Synthesis round {stats.get('round')} ({stats.get('method')})", "", "| | |", "|---|---:|"]
     lines += [f"| {name} | {value} |" for name, value in rows]

@@ -3,9 +3,10 @@
 ``CachedEngine`` wraps any ``Engine``. Each request is keyed by what determines its output: the served
 weights (``engine.weights_id``: base model + adapter), the exact rendered prompt text, the sampling
 settings (without the base seed) and the request's own seed. Hits are read back from the store's
-``generations*.jsonl`` files (one per writing process); misses are generated in sub-batches of ``flush_every`` requests, and each
-sub-batch is appended, flushed and fsynced before the next starts, so a kill loses at most the
-sub-batch in flight. A stage function that calls ``engine.generate`` becomes resumable without knowing.
+``generations*.jsonl`` files (one per writing process). Misses go to the engine together (one call, or calls of
+at most ``flush_every`` requests), and each one is appended, flushed and fsynced the moment the engine finishes
+it (``on_finished``), so a kill loses only the requests still running and no request waits for a slower one
+to be saved. A stage function that calls ``engine.generate`` becomes resumable without knowing.
 
 Run directories carry a ``meta.json`` (method, round, model, weights, guideline set, config).
 ``prepare_store_dir`` gives each distinct meta its own sub-store, so a run directory reused with other
@@ -182,14 +183,15 @@ class CachedEngine:
     Args:
         engine: The engine doing the real generation.
         store_dir: Store directory (``generations.jsonl`` inside).
-        flush_every: Requests per generation sub-batch; each sub-batch is made durable before the next.
-            Small values lose less work on a kill; on a GPU raise it (e.g. 256) so the engine batches fully.
+        flush_every: At most this many requests per engine call; None: all missing requests in one call.
+            Completions are stored as they finish either way.
         shard: This process's shard name (see ``GenerationStore``); "" for a single process.
     """
 
-    def __init__(self, engine: Engine, store_dir: str | os.PathLike, flush_every: int = 32, shard: str = "") -> None:
-        if flush_every < 1:
-            raise ValueError(f"CachedEngine: flush_every={flush_every} must be >= 1")
+    def __init__(self, engine: Engine, store_dir: str | os.PathLike, flush_every: int | None = None,
+                 shard: str = "") -> None:
+        if flush_every is not None and flush_every < 1:
+            raise ValueError(f"CachedEngine: flush_every={flush_every} must be >= 1 (or None: one call)")
         self.engine = engine
         self.store = GenerationStore(store_dir, shard)
         self.flush_every = flush_every
@@ -199,6 +201,7 @@ class CachedEngine:
         self.generated_tokens = 0
         self.cached_tokens = 0
         self.generate_seconds = 0.0
+        self._prefix_start = dict(getattr(engine, "prefix_cache", None) or {})
 
     # -- Engine protocol: delegation -------------------------------------------------------------------
     @property
@@ -212,8 +215,8 @@ class CachedEngine:
     def set_adapter(self, adapter_dir: str | None) -> None:
         self.engine.set_adapter(adapter_dir)
 
-    def load_weights(self, model_dir: str) -> None:
-        self.engine.load_weights(model_dir)
+    def load_weights(self, model_dir: str, weights_id: str | None = None) -> None:
+        self.engine.load_weights(model_dir, weights_id)
 
     def sleep(self) -> None:
         self.engine.sleep()
@@ -236,7 +239,15 @@ class CachedEngine:
             "generated_tokens": self.generated_tokens,
             "cached_tokens": self.cached_tokens,
             "generate_seconds": round(self.generate_seconds, 3),
+            **self._prefix_counts(),
         }
+
+    def _prefix_counts(self) -> dict[str, int]:
+        """Prompt tokens sent to the engine by this instance and how many its prefix cache served (vLLM)."""
+        now = getattr(self.engine, "prefix_cache", None)
+        if not now:
+            return {}
+        return {f"prefix_{k}": now[k] - self._prefix_start.get(k, 0) for k in ("prompt_tokens", "cached_tokens")}
 
     # -- generation ------------------------------------------------------------------------------------
     def generate(
@@ -257,25 +268,33 @@ class CachedEngine:
                 todo[key] = i
         fresh: dict[str, RequestOutput] = {}
         bar = _StageBar(progress, total=len(keys), done=len(keys) - len(todo))
+        info = {"weights_id": weights, "sampling": sampling.key(), "label": progress or ""}
+        pending = list(todo.items())
+        step = self.flush_every or max(1, len(pending))
         try:
-            pending = list(todo.items())
-            for start in range(0, len(pending), self.flush_every):
-                batch = pending[start:start + self.flush_every]
+            for start in range(0, len(pending), step):
+                batch = pending[start:start + step]
+
+                def store(finished: list[tuple[int, RequestOutput]], batch=batch) -> None:
+                    items = [(batch[j][0], out, {**info, "seed": int(request_seeds[batch[j][1]])}) for j, out in finished]
+                    self.store.append(items)  # durable before the engine steps on
+                    fresh.update((key, out) for key, out, _ in items)
+                    tokens = sum(c.num_tokens for _, out in finished for c in out.completions)
+                    self.misses += len(finished)
+                    self.generated_tokens += tokens
+                    bar.advance(len(finished), len(finished) * sampling.n, tokens)
+
                 t0 = time.perf_counter()
                 outs = self.engine.generate([conversations[i] for _, i in batch], sampling,
-                                            request_seeds=[request_seeds[i] for _, i in batch], progress=None)
+                                            request_seeds=[request_seeds[i] for _, i in batch], progress=None,
+                                            on_finished=store)
                 self.generate_seconds += time.perf_counter() - t0
                 if len(outs) != len(batch):
                     raise RuntimeError(f"engine {self.engine.name} returned {len(outs)} outputs for "
                                        f"{len(batch)} requests")
-                info = {"weights_id": weights, "sampling": sampling.key(), "label": progress or ""}
-                self.store.append([(key, out, {**info, "seed": int(request_seeds[i])})
-                                   for (key, i), out in zip(batch, outs)])
-                fresh.update((key, out) for (key, _), out in zip(batch, outs))
-                tokens = sum(c.num_tokens for o in outs for c in o.completions)
-                self.misses += len(batch)
-                self.generated_tokens += tokens
-                bar.advance(len(batch), len(batch) * sampling.n, tokens)
+                unreported = [(j, out) for j, out in enumerate(outs) if batch[j][0] not in fresh]
+                if unreported:  # an engine that reports nothing (or not everything) as it goes
+                    store(unreported)
         finally:
             bar.close()
         results = []

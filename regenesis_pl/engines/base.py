@@ -6,7 +6,7 @@ Backends (``vllm_engine.VLLMEngine``, ``hf_engine.TransformersEngine``) render p
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -97,10 +97,13 @@ class Engine(Protocol):
         sampling: SamplingConfig,
         request_seeds: Sequence[int] | None = None,
         progress: str | None = None,
+        on_finished: Callable[[list[tuple[int, RequestOutput]]], None] | None = None,
     ) -> list[RequestOutput]:
         """Generate ``sampling.n`` completions for each conversation (one output per conversation, in order).
 
-        ``progress``: label for a progress bar, or None for none.
+        ``progress``: label for a progress bar, or None for none. ``on_finished``: called during the call with
+        ``(index, output)`` of the conversations whose completions have all finished since its last call (each
+        conversation exactly once), so a caller can make results durable as they arrive.
         """
         ...
 
@@ -108,8 +111,9 @@ class Engine(Protocol):
         """Serve this LoRA adapter (a peft folder) from now on, or the bare weights when None. No rebuild."""
         ...
 
-    def load_weights(self, model_dir: str) -> None:
-        """Replace the served full weights with those in a Hugging Face folder (same architecture)."""
+    def load_weights(self, model_dir: str, weights_id: str | None = None) -> None:
+        """Replace the served full weights with those in a Hugging Face folder (same architecture); serve them
+        under ``weights_id`` when given (else the folder's fingerprint)."""
         ...
 
     def sleep(self) -> None:

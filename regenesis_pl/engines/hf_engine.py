@@ -11,7 +11,7 @@ from __future__ import annotations
 import gc
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from regenesis_pl.engines.base import Completion, Conversation, RequestOutput, SamplingConfig
@@ -103,8 +103,10 @@ class TransformersEngine:
 
     # ----------------------------------------------------------------------------------------- generation
     def generate(self, conversations: Sequence[Conversation], sampling: SamplingConfig,
-                 request_seeds: Sequence[int] | None = None, progress: str | None = None) -> list[RequestOutput]:
-        """Generate ``sampling.n`` completions per conversation; results in input order."""
+                 request_seeds: Sequence[int] | None = None, progress: str | None = None,
+                 on_finished: Callable[[list[tuple[int, RequestOutput]]], None] | None = None) -> list[RequestOutput]:
+        """Generate ``sampling.n`` completions per conversation; results in input order. ``on_finished`` (when
+        given) receives, after each batch, the conversations whose completions are all done."""
         from tqdm.auto import tqdm
 
         if self._asleep:
@@ -112,15 +114,20 @@ class TransformersEngine:
         prompt_ids = encode_conversations(self._tokenizer, conversations, self.max_model_len)
         jobs = make_jobs(prompt_ids, sampling, request_seeds)
         order = sorted(range(len(jobs)), key=lambda k: len(jobs[k].prompt_ids))
-        done: list[Completion | None] = [None] * len(jobs)
+        outputs = [RequestOutput(completions=[None] * sampling.n, prompt_tokens=len(ids)) for ids in prompt_ids]
+        left = [sampling.n] * len(prompt_ids)
         starts = range(0, len(order), self.batch_size)
         for start in tqdm(starts, desc=progress, disable=progress is None, unit="batch"):
             chunk = order[start:start + self.batch_size]
+            finished = []
             for k, completion in zip(chunk, self._generate_batch([jobs[k] for k in chunk], sampling)):
-                done[k] = completion
-        outputs = [RequestOutput(completions=[], prompt_tokens=len(ids)) for ids in prompt_ids]
-        for job, completion in zip(jobs, done):
-            outputs[job.request].completions.append(completion)
+                job = jobs[k]
+                outputs[job.request].completions[job.sample] = completion
+                left[job.request] -= 1
+                if left[job.request] == 0:
+                    finished.append((job.request, outputs[job.request]))
+            if finished and on_finished is not None:
+                on_finished(finished)
         return outputs
 
     def _generate_batch(self, batch: list[Job], sampling: SamplingConfig) -> list[Completion]:
@@ -177,8 +184,10 @@ class TransformersEngine:
         self._weights_id = weights_fingerprint(self._model_dir, adapter_dir)
         self.timings["set_adapter"].append(time.perf_counter() - start)
 
-    def load_weights(self, model_dir: str) -> None:
-        """Copy the full weights of a same-architecture HF folder (safetensors) into the served model."""
+    def load_weights(self, model_dir: str, weights_id: str | None = None) -> None:
+        """Copy the full weights of a same-architecture HF folder (safetensors) into the served model.
+        ``weights_id``: the fingerprint to serve them under (a merged adapter keeps its adapter's); None: the
+        folder's."""
         from safetensors.torch import load_file
 
         start = time.perf_counter()
@@ -203,7 +212,7 @@ class TransformersEngine:
                              "the same model")
         self._base.load_state_dict(state, strict=False)
         self._model_dir = model_dir
-        self._weights_id = weights_fingerprint(model_dir, None)
+        self._weights_id = weights_id or weights_fingerprint(model_dir, None)
         if adapter is not None:
             self.set_adapter(adapter)
         self.timings["load_weights"].append(time.perf_counter() - start)

@@ -18,7 +18,7 @@ import json
 import multiprocessing
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -74,7 +74,22 @@ def import_vllm():
         import vllm
     except ImportError as err:
         raise ImportError(VLLM_MISSING) from err
+    _quiet_lora_tokenizer_notice()
     return vllm
+
+
+def _quiet_lora_tokenizer_notice() -> None:
+    """vLLM 0.32 warns on every first LoRA request that per-adapter tokenizers are deprecated, whatever the
+    adapter holds; prompts reach it here as token ids of the base tokenizer, so the notice never applies."""
+    import logging
+
+    class _Drop(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "tokenizers for different LoRAs" not in record.getMessage()
+
+    target = logging.getLogger("vllm.v1.engine.input_processor")
+    if not any(type(f).__name__ == "_Drop" for f in target.filters):  # once per process
+        target.addFilter(_Drop())
 
 
 class VLLMEngine:
@@ -130,6 +145,7 @@ class VLLMEngine:
         self._lora_counter = 0
         self._asleep = False
         self._weights_id = weights_fingerprint(model, None)
+        self.prefix_cache = {"prompt_tokens": 0, "cached_tokens": 0}  # over this engine's life (see generate)
         if adapter is not None:
             self.set_adapter(adapter)
         self.timings["start"].append(time.perf_counter() - start)
@@ -152,10 +168,14 @@ class VLLMEngine:
 
     # ----------------------------------------------------------------------------------------- generation
     def generate(self, conversations: Sequence[Conversation], sampling: SamplingConfig,
-                 request_seeds: Sequence[int] | None = None, progress: str | None = None) -> list[RequestOutput]:
-        """Generate ``sampling.n`` completions per conversation; results in input order."""
-        from functools import partial
+                 request_seeds: Sequence[int] | None = None, progress: str | None = None,
+                 on_finished: Callable[[list[tuple[int, RequestOutput]]], None] | None = None) -> list[RequestOutput]:
+        """Generate ``sampling.n`` completions per conversation; results in input order.
 
+        All requests go to the engine at once and are stepped here, so ``on_finished`` (when given) receives the
+        conversations whose completions all finished since its last call, while the rest still run: a store
+        can make each one durable at once, and no request waits for the slowest of a sub-batch.
+        """
         from tqdm.auto import tqdm
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
@@ -172,15 +192,45 @@ class VLLMEngine:
                                  skip_special_tokens=True)
                   for job in jobs]
         prompts = [TokensPrompt(prompt_token_ids=list(job.prompt_ids)) for job in jobs]
-        use_tqdm = partial(tqdm, desc=progress) if progress else False
-        results = self.llm.generate(prompts, params, use_tqdm=use_tqdm, lora_request=self._lora)
         outputs = [RequestOutput(completions=[], prompt_tokens=len(ids)) for ids in prompt_ids]
-        for job, result in zip(jobs, results):
-            out = result.outputs[0]
-            if out.finish_reason not in ("stop", "length"):
-                raise RuntimeError(f"vLLM request {job.request} ended with finish_reason={out.finish_reason!r}")
-            outputs[job.request].completions.append(
-                Completion(text=out.text, num_tokens=len(out.token_ids), finish_reason=out.finish_reason))
+        slots: list[list[Completion | None]] = [[] for _ in prompt_ids]
+        for job in jobs:
+            slots[job.request].append(None)
+        left = [len(s) for s in slots]
+        engine = self.llm.llm_engine
+        # enqueue returns vLLM's internal ids ("<id>-<random suffix>"); finished outputs carry the "<id>" part
+        internal = self.llm.enqueue(prompts, params, lora_request=self._lora, use_tqdm=False)
+        job_of = {rid.rsplit("-", 1)[0]: k for k, rid in enumerate(internal)}
+        bar = tqdm(total=len(jobs), desc=progress, disable=progress is None, unit="req")
+        try:
+            while engine.has_unfinished_requests():
+                finished = []
+                for result in engine.step():
+                    if not result.finished or result.request_id not in job_of:
+                        continue
+                    job = jobs[job_of.pop(result.request_id)]
+                    out = result.outputs[0]
+                    if out.finish_reason not in ("stop", "length"):
+                        raise RuntimeError(f"vLLM request {job.request} ended with finish_reason={out.finish_reason!r}")
+                    slots[job.request][job.sample] = Completion(text=out.text, num_tokens=len(out.token_ids),
+                                                                finish_reason=out.finish_reason)
+                    self.prefix_cache["prompt_tokens"] += len(job.prompt_ids)
+                    self.prefix_cache["cached_tokens"] += result.num_cached_tokens or 0
+                    left[job.request] -= 1
+                    if left[job.request] == 0:
+                        outputs[job.request].completions = list(slots[job.request])
+                        finished.append((job.request, outputs[job.request]))
+                    bar.update(1)
+                if finished and on_finished is not None:
+                    on_finished(finished)
+        except BaseException:
+            if job_of:  # a failed or interrupted call leaves no requests behind in the engine
+                engine.abort_request([internal[k] for k in job_of.values()], internal=True)
+            raise
+        finally:
+            bar.close()
+        if job_of:
+            raise RuntimeError(f"vLLM finished without {len(job_of)} of {len(jobs)} requests")
         return outputs
 
     # ----------------------------------------------------------------------------------------- weights
@@ -223,8 +273,9 @@ class VLLMEngine:
             self.llm.llm_engine.remove_lora(self._lora.lora_int_id)
             self._lora = None
 
-    def load_weights(self, model_dir: str) -> None:
-        """Reload the full weights in place from a same-architecture HF folder (safetensors)."""
+    def load_weights(self, model_dir: str, weights_id: str | None = None) -> None:
+        """Reload the full weights in place from a same-architecture HF folder (safetensors). ``weights_id``:
+        the fingerprint to serve them under (a merged adapter keeps its adapter's); None: the folder's."""
         start = time.perf_counter()
         folder = Path(model_dir).expanduser().resolve()
         if not any(folder.glob("*.safetensors")):
@@ -235,7 +286,7 @@ class VLLMEngine:
         self._model_dir = str(folder)
         adapter, self._adapter = self._adapter, None
         self._drop_lora()
-        self._weights_id = weights_fingerprint(self._model_dir, None)
+        self._weights_id = weights_id or weights_fingerprint(self._model_dir, None)
         if adapter is not None:
             self.set_adapter(adapter)
         self.timings["load_weights"].append(time.perf_counter() - start)

@@ -264,6 +264,25 @@ class SFTModule(LightningModule):
             self.tokenizer.save_pretrained(path)
         return path
 
+    def save_served_weights(self, path: str | Path, dtype: torch.dtype) -> Path:
+        """Write the weights an engine serves to ``path/model.safetensors`` in the engine's ``dtype``: the full
+        weights (full mode) or the LoRA adapter folded into the base (``model.merge``; raises ``CannotMerge``
+        for adapters that do not fold, such as a 4-bit base). Under FSDP call it on every rank; rank 0 writes.
+        """
+        from safetensors.torch import save_file
+
+        from regenesis_pl.model.merge import lora_scalings, served_state_dict
+
+        path = Path(path)
+        scalings = lora_scalings(self.model) if self.adapter_only else None
+        state = self._full_state_dict() if self._fsdp() else {k: v.detach() for k, v in self.model.state_dict().items()}
+        if self._is_writer():
+            tied = bool(getattr(self.model.config, "tie_word_embeddings", False))  # peft forwards .config
+            weights = served_state_dict(state, dtype, tied, scalings)
+            path.mkdir(parents=True, exist_ok=True)
+            save_file(weights, str(path / "model.safetensors"), metadata={"format": "pt"})
+        return path
+
     def reset_to_base(self, seed: int | None = None, reset_optimizer: bool = True) -> None:
         """Return to the base model: fresh LoRA adapters (B = 0, so outputs equal the base) or, in full mode, the
         base weights reloaded from ``model``. With a trainer attached and ``reset_optimizer``, the optimizer and
@@ -319,6 +338,18 @@ class SFTModule(LightningModule):
         twin = get_peft_model(self._fresh_base(dtype), copy.deepcopy(self.model.peft_config["default"]))
         set_peft_model_state_dict(twin, adapter)
         return twin.merge_and_unload()
+
+    def merge_blocker(self) -> str | None:
+        """None when the LoRA adapter folds into dense served weights (``save_served_weights``), else why not."""
+        from regenesis_pl.model.merge import CannotMerge, lora_scalings
+
+        if self.mode == "qlora":
+            return "QLoRA trains against a 4-bit base, which does not fold into dense weights"
+        try:
+            lora_scalings(self.model)
+        except CannotMerge as err:
+            return str(err)
+        return None
 
     def _full_state_dict(self) -> dict[str, torch.Tensor]:
         """Full (unsharded) weights of ``self.model`` on the CPU; a collective call under FSDP."""
