@@ -351,7 +351,20 @@ def test_vllm_reports_each_request_as_it_finishes_and_aborts_the_rest_on_error(v
         vllm_engine.generate(CONVERSATIONS, GREEDY, on_finished=fail)
     assert not vllm_engine.llm.llm_engine.has_unfinished_requests()
     assert texts(vllm_engine.generate(CONVERSATIONS, GREEDY)) == texts(vllm_greedy)
-    assert vllm_engine.prefix_cache["prompt_tokens"] > vllm_engine.prefix_cache["cached_tokens"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_vllm_counts_prompt_tokens_its_prefix_cache_served(vllm_engine):
+    """A long shared prompt sent twice: the second time its full cache blocks are served from the prefix cache."""
+    long = [[{"role": "user", "content": "Count the words. " + " ".join(f"word{i}" for i in range(400))}]]
+    before = dict(vllm_engine.prefix_cache)
+    vllm_engine.generate(long, SamplingConfig(max_tokens=2))
+    first = vllm_engine.prefix_cache["cached_tokens"] - before["cached_tokens"]
+    vllm_engine.generate(long, SamplingConfig(max_tokens=2))
+    sent = vllm_engine.prefix_cache["prompt_tokens"] - before["prompt_tokens"]
+    second = vllm_engine.prefix_cache["cached_tokens"] - before["cached_tokens"] - first
+    assert sent > 2 * 400 and second > sent // 4 > first
 
 
 @pytest.fixture(scope="module")

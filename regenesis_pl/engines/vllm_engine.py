@@ -125,7 +125,8 @@ class VLLMEngine:
         kwargs = {"model": model, "tokenizer": model, "dtype": self.dtype,
                   "max_model_len": config.max_model_len, "seed": config.seed, "enable_prefix_caching": True,
                   "trust_remote_code": config.trust_remote_code, "worker_extension_cls": WORKER_EXTENSION,
-                  "tensor_parallel_size": config.tensor_parallel_size}
+                  "tensor_parallel_size": config.tensor_parallel_size,
+                  "use_tqdm_on_load": False}  # weight reloads happen every push: no loading bars on the console
         if enable_lora:
             kwargs.update(enable_lora=True, max_lora_rank=config.max_lora_rank, max_loras=config.max_loras)
         if self.on_cpu:

@@ -20,12 +20,23 @@ class WeightReloadExtension:
 
     def regenesis_reload_weights(self, weights_path: str) -> int:
         """Reload weights from ``weights_path``; returns how many LM heads were refreshed."""
+        import logging
+
         from vllm.model_executor.layers.vocab_parallel_embedding import (
             ParallelLMHead,
             UnquantizedEmbeddingMethod,
         )
 
-        self.reload_weights(weights_path=weights_path)
+        # vLLM warns for every layer the checkpoint has no tensor for; two are expected on every reload: the rotary
+        # cache (computed, never saved) and a tied LM head (refreshed below). Other layers still warn.
+        expected = ("RotaryEmbedding: Failed to load weights", "ParallelLMHead: Failed to load weights")
+        quiet = _DropMessages(expected)
+        layerwise = logging.getLogger("vllm.model_executor.model_loader.reload.layerwise")
+        layerwise.addFilter(quiet)
+        try:
+            self.reload_weights(weights_path=weights_path)
+        finally:
+            layerwise.removeFilter(quiet)
         refreshed = 0
         for module in self.model_runner.get_model().modules():
             method = getattr(module, "quant_method", None)
@@ -33,3 +44,13 @@ class WeightReloadExtension:
                 method.process_weights_after_loading(module)
                 refreshed += 1
         return refreshed
+
+
+class _DropMessages:
+    """A logging filter that drops records whose message starts with one of ``prefixes``."""
+
+    def __init__(self, prefixes: tuple[str, ...]) -> None:
+        self.prefixes = prefixes
+
+    def filter(self, record) -> bool:
+        return not record.getMessage().startswith(self.prefixes)

@@ -1,0 +1,210 @@
+"""What a first GPU run needs, checked on a GPU (marked ``gpu``: skipped without CUDA; ``scripts/gpu_check.sh``
+runs them and collects their figures).
+
+- the vLLM engine's lifecycle: sleep frees the GPU, wake restores the same greedy output, with and without an
+  adapter; full weights saved in float32 reload in place into a bfloat16 engine; a merged push serves what the
+  adapter serves;
+- vLLM and transformers agree in bfloat16 (a tolerance: the two kernels round differently);
+- the smoke fit on one GPU, QLoRA and full fine-tuning, with sleep mode.
+
+Each test appends its figures (tokens/s, seconds, memory) to ``$REGENESIS_GPU_FIGURES`` when that is set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from regenesis_pl.engines.base import SamplingConfig
+
+pytestmark = [pytest.mark.gpu, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[1]
+CONVERSATIONS = [
+    [{"role": "user", "content": "What is 12 + 30? Explain in two sentences."}],
+    [{"role": "user", "content": "Name a color of the sky. Answer in one long sentence."}],
+    [{"role": "user", "content": "Write one sentence about cats."}],
+]
+GREEDY = SamplingConfig(max_tokens=48)
+
+
+def record(check: str, **figures) -> None:
+    path = os.environ.get("REGENESIS_GPU_FIGURES")
+    if path:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"check": check, **figures}) + "\n")
+
+
+def texts(outputs):
+    return [[c.text for c in out.completions] for out in outputs]
+
+
+def timed_generate(engine, conversations=CONVERSATIONS, sampling=GREEDY):
+    start = time.perf_counter()
+    outputs = engine.generate(conversations, sampling)
+    seconds = time.perf_counter() - start
+    return outputs, sum(c.num_tokens for o in outputs for c in o.completions) / seconds
+
+
+def free_gib() -> float:
+    import torch
+
+    return torch.cuda.mem_get_info()[0] / 2**30
+
+
+@pytest.fixture(scope="module")
+def model_dir():
+    from regenesis_pl.model_source import resolve_model
+
+    return resolve_model("embedded")
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(model_dir, tmp_path_factory):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    net = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                        init_lora_weights=False)
+    out = tmp_path_factory.mktemp("lora") / "adapter"
+    get_peft_model(net, config).save_pretrained(str(out))
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def engine(model_dir):
+    pytest.importorskip("vllm")
+    from regenesis_pl.engines.factory import EngineConfig, build_engine
+
+    eng = build_engine(EngineConfig(backend="vllm", dtype="bfloat16", enable_sleep_mode=True, max_lora_rank=8,
+                                    gpu_memory_utilization=0.3), model_dir, device="cuda:0")
+    yield eng
+    eng.close()
+
+
+def test_sleep_frees_memory_and_wake_restores_the_same_output(engine, adapter_dir):
+    before, tok_s = timed_generate(engine)
+    awake = free_gib()
+    start = time.perf_counter()
+    engine.sleep()
+    sleep_s, asleep = time.perf_counter() - start, free_gib()
+    start = time.perf_counter()
+    engine.wake()
+    wake_s = time.perf_counter() - start
+    assert asleep > awake + 0.5, f"sleep freed only {asleep - awake:.2f} GiB"
+    assert texts(engine.generate(CONVERSATIONS, GREEDY)) == texts(before)
+    engine.set_adapter(adapter_dir)
+    try:
+        with_adapter = engine.generate(CONVERSATIONS, GREEDY)
+        assert texts(with_adapter) != texts(before)
+        engine.sleep()
+        engine.wake()
+        assert texts(engine.generate(CONVERSATIONS, GREEDY)) == texts(with_adapter)
+    finally:
+        engine.set_adapter(None)
+    assert texts(engine.generate(CONVERSATIONS, GREEDY)) == texts(before)
+    record("engine lifecycle", greedy_tok_s=round(tok_s, 1), sleep_s=round(sleep_s, 3), wake_s=round(wake_s, 3),
+           freed_gib=round(asleep - awake, 2))
+
+
+def test_float32_weights_reload_in_place_into_a_bfloat16_engine(engine, model_dir, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    before = texts(engine.generate(CONVERSATIONS, GREEDY))
+    net = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in net.parameters():
+            param.add_(torch.randn(param.shape, generator=gen) * 0.05 * param.std())
+    net.save_pretrained(str(tmp_path))
+    start = time.perf_counter()
+    engine.load_weights(str(tmp_path))
+    reload_s = time.perf_counter() - start
+    try:
+        assert texts(engine.generate(CONVERSATIONS, GREEDY)) != before
+    finally:
+        engine.load_weights(model_dir)
+    assert texts(engine.generate(CONVERSATIONS, GREEDY)) == before
+    record("fp32 reload into bf16 engine", reload_s=round(reload_s, 3))
+
+
+def test_merged_push_serves_what_the_adapter_serves_in_bfloat16(engine, model_dir, adapter_dir, tmp_path):
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    from regenesis_pl.model.merge import lora_scalings, served_state_dict
+
+    net = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), adapter_dir)
+    save_file(served_state_dict(net.state_dict(), torch.bfloat16, True, lora_scalings(net)),
+              str(tmp_path / "model.safetensors"))
+    engine.set_adapter(adapter_dir)
+    through_adapter, adapter_tok_s = timed_generate(engine)
+    engine.set_adapter(None)
+    engine.load_weights(str(tmp_path))
+    try:
+        merged, merged_tok_s = timed_generate(engine)
+    finally:
+        engine.load_weights(model_dir)
+    same = sum(a == b for a, b in zip(texts(through_adapter), texts(merged)))
+    # bf16 rounds the folded weights once, the LoRA path rounds its two products: allow one early divergence
+    assert same >= len(CONVERSATIONS) - 1, (texts(through_adapter), texts(merged))
+    record("merged vs adapter (bf16)", identical=same, adapter_tok_s=round(adapter_tok_s, 1),
+           merged_tok_s=round(merged_tok_s, 1))
+
+
+def test_vllm_and_transformers_agree_in_bfloat16(engine, model_dir):
+    from regenesis_pl.engines.factory import EngineConfig, build_engine
+
+    hf = build_engine(EngineConfig(backend="transformers", dtype="bfloat16"), model_dir, device="cuda:0")
+    try:
+        ours = texts(engine.generate(CONVERSATIONS, GREEDY))
+        theirs = texts(hf.generate(CONVERSATIONS, GREEDY))
+    finally:
+        hf.close()
+    same = sum(a == b for a, b in zip(ours, theirs))
+    starts = sum(a[0].split()[:6] == b[0].split()[:6] for a, b in zip(ours, theirs))
+    assert same >= len(CONVERSATIONS) - 1 and starts == len(CONVERSATIONS), (ours, theirs)
+    record("vllm vs transformers (bf16)", identical=same, same_first_words=starts)
+
+
+@pytest.mark.parametrize("mode", ["qlora", "full"])
+def test_smoke_fit_on_one_gpu_with_sleep_mode(mode, tmp_path):
+    pytest.importorskip("vllm")
+    if mode == "qlora":
+        pytest.importorskip("bitsandbytes")
+    run_dir = tmp_path / mode
+    command = [sys.executable, "-m", "regenesis_pl.cli", "fit", "--config", str(ROOT / "configs" / "smoke_cpu.yaml"),
+               f"--data.run_dir={run_dir}", f"--model.mode={mode}", "--trainer.accelerator=gpu",
+               "--trainer.precision=bf16-mixed", "--generation.engine.dtype=bfloat16",
+               "--generation.engine.enable_sleep_mode=true", "--generation.engine.gpu_memory_utilization=0.3"]
+    start = time.perf_counter()
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
+    seconds = time.perf_counter() - start
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    timings = json.loads((run_dir / "engine_timings.json").read_text())
+    uses = [e for e in timings["events"] if e["wake_s"] > 0]
+    assert uses, "sleep mode never woke the engine: it did not sleep while training"
+    for name in ("base", "round-0", "round-1"):
+        assert (run_dir / "eval" / f"{name}.json").is_file()
+    summaries = [json.loads((run_dir / f"round-{k}" / "summary.json").read_text()) for k in (0, 1)]
+    import csv
+
+    with open(next((run_dir / "logs").glob("version_*/metrics.csv"))) as fh:
+        train_tok_s = [float(r["train/tokens_per_s"]) for r in csv.DictReader(fh) if r.get("train/tokens_per_s")]
+    record(f"smoke fit {mode}", seconds=round(seconds, 1), push=timings.get("push", {}).get("choice"),
+           train_tok_s=round(sum(train_tok_s) / max(len(train_tok_s), 1), 1),
+           synthesis_tok_s=[s["speed"]["tokens_per_s"] for s in summaries],
+           push_s=[r["push_s"] for r in timings["rounds"].values()],
+           wake_s=round(sum(e["wake_s"] for e in timings["events"]), 3))
