@@ -52,7 +52,7 @@ def build_parser() -> ArgumentParser:
     from regenesis_pl.tasks.prepare import SOURCES, prepare_data
 
     parser = ArgumentParser(prog="regenesis", description=__doc__.split("\n")[0], epilog=HELP_FOOTER,
-                            formatter_class=_HelpFormatter)
+                            formatter_class=_HelpFormatter, exit_on_error=False)
     commands = parser.add_subcommands(dest="command")
 
     prepare = ArgumentParser(description="Prepare the embedded model or offline task data")
@@ -104,18 +104,48 @@ def _run(cfg) -> int:
     raise SystemExit(f"regenesis: unknown command {command!r}")
 
 
+def check_config_files(argv: list[str]) -> None:
+    """Read every ``--config``/``-c`` file first, so a missing file or a YAML syntax error is one line that names
+    the file, the line and the column (the parsers would show their usage and an unnamed string)."""
+    import yaml
+
+    paths = [value for flag, value in zip(argv, argv[1:]) if flag in ("--config", "-c")]
+    paths += [arg.split("=", 1)[1] for arg in argv if arg.startswith("--config=")]
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                yaml.safe_load(fh)
+        except FileNotFoundError:
+            _bad_input(f"regenesis: config file {path} not found; check the path")
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            _bad_input(f"regenesis: {path}: YAML syntax error{where}: {problem}; fix the file")
+
+
+def _bad_input(message: str) -> None:
+    print(message, file=sys.stderr)
+    raise SystemExit(2)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    check_config_files(argv)
     if argv and argv[0] in LIGHTNING_COMMANDS:
         from regenesis_pl.lightning_cli import run_fit_cli
 
         run_fit_cli(argv)
         return 0
     parser = build_parser()
-    cfg = parser.instantiate(parser.parse_args(argv))
+    try:
+        cfg = parser.instantiate(parser.parse_args(argv))
+    except argparse.ArgumentError as err:  # an option or config key the command does not take, or a bad value
+        name = " ".join(["regenesis", *argv[:1]])
+        _bad_input(f"{name}: {' '.join(str(err).split())}; see `{name} --help`")
     try:
         return _run(cfg)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # OSError: a missing file, a full disk, an unwritable directory
         # Bad input was already turned into a one-line message where it was found; show just that.
         print(f"regenesis {argv[0] if argv else ''}: {err}", file=sys.stderr)
         return 2

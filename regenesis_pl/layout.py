@@ -55,11 +55,26 @@ def shard_name(rank: int, world: int) -> str:
     return "" if world <= 1 else f"rank-{rank}"
 
 
+def make_dir(path: str | os.PathLike, what: str = "run directory") -> Path:
+    """Create ``path`` (and its parents) or fail in one line that names it and says what to do."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OSError(err.errno, f"{what} {path} cannot be created ({err.strerror}); choose another run_dir or "
+                                 "fix its parent folder") from None
+    return path
+
+
 class RunLayout:
-    """Paths of one run directory (nothing is created here)."""
+    """Paths of one run directory (nothing is created here but by ``create``)."""
 
     def __init__(self, run_dir: str | os.PathLike) -> None:
         self.root = Path(run_dir)
+
+    def create(self) -> Path:
+        """Create the run directory (a one-line error when it cannot be)."""
+        return make_dir(self.root)
 
     # ---------------------------------------------------------------------------------------------- rounds
     def round_dir(self, k: int) -> Path:

@@ -24,9 +24,11 @@ never merges them), and a checkpoint written by another configuration is refused
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 import warnings
+import zipfile
 from pathlib import Path
 
 import yaml
@@ -97,6 +99,28 @@ class ReGenesisCLI(LightningCLI):
         parser.link_arguments("data.run_dir", "checkpoint.dirpath", compute_fn=_checkpoint_dir)
 
 
+    def before_fit(self) -> None:
+        """``--ckpt_path last`` before any checkpoint exists starts fresh: say so in one line (Lightning's own
+        warning would suggest a setting that is already on)."""
+        RunLayout(self._get(self.config_init, "data").run_dir).create()
+        config = self.config_init[self.subcommand]
+        if config.get("ckpt_path") == "last":
+            folder = Path(self._get(self.config_init, "checkpoint").dirpath)
+            if not any(folder.glob("*.ckpt")):
+                logging.getLogger("regenesis_pl.cli").info(
+                    "--ckpt_path last: no checkpoint in %s yet, so this fit starts fresh (rounds already "
+                    "synthesized in the run directory are read back, not generated again)", folder)
+                config["ckpt_path"] = None
+                return
+            _check_checkpoint_file(folder / "last.ckpt")
+
+    def _parse_ckpt_path(self) -> None:
+        # Lightning reads an explicit --ckpt_path file here (for its hyperparameters), before any hook of ours runs
+        subcommand = self.config.get("subcommand")
+        if subcommand:
+            _check_checkpoint_file(self.config[subcommand].get("ckpt_path"))
+        super()._parse_ckpt_path()
+
     def instantiate_trainer(self, **kwargs):
         """The Trainer, logging to CSV files under ``<run_dir>/logs`` unless the config names a logger, with the
         loop's callbacks connected to each other and to the DataModule."""
@@ -111,6 +135,13 @@ class ReGenesisCLI(LightningCLI):
 
 
 ENGINE_KEYS = tuple(EngineConfig.__dataclass_fields__)
+
+
+def _check_checkpoint_file(path) -> None:
+    """A checkpoint cut short (a kill or a full disk during its write) is named in one line, not a zip error."""
+    if path and Path(path).is_file() and not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+        raise ValueError(f"checkpoint {path} is truncated or not a torch checkpoint (no zip directory at its end); "
+                         "delete it and resume from an older one in the same folder, or drop --ckpt_path")
 
 
 def _refuse_moved_keys(args) -> None:
@@ -176,8 +207,14 @@ def run_fit_cli(args: list[str] | None = None) -> ReGenesisCLI:
     args = list(sys.argv[1:] if args is None else args)
     _show_progress_messages()
     try:
-        return ReGenesisCLI(**_cli_kwargs(), args=args)
-    except (ValueError, FileNotFoundError, EmptyRoundError) as err:
+        # args=None when they are the command line itself (Lightning warns when given both)
+        return ReGenesisCLI(**_cli_kwargs(), args=None if args == sys.argv[1:] else args,
+                            parser_kwargs={"exit_on_error": False})
+    except argparse.ArgumentError as err:  # a config key or value the live classes do not accept
+        command = args[0] if args else ""
+        print(f"regenesis {command}: {' '.join(str(err).split())}; see `regenesis {command} --help`", file=sys.stderr)
+        raise SystemExit(2) from None
+    except (ValueError, OSError, EmptyRoundError) as err:  # OSError: a missing file, a full disk, ...
         command = args[0] if args else ""
         print(f"regenesis {command}: {err}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from regenesis_pl.engines.push_mode import Probe, measured_choice, static_choice
+from regenesis_pl.engines.push_mode import Probe, check_push_settings, measured_choice, static_choice
 from regenesis_pl.model.merge import CannotMerge, lora_scalings, served_state_dict
 
 
@@ -91,3 +91,14 @@ def test_push_choice_before_and_after_measuring():
     assert choice == "merged" and "3.33x" in reason and "identical greedy texts 1/2" in reason
     choice, reason = measured_choice(fast, Probe(400, 2.9, ["a", "b"]))  # 1.03x: not worth a reload per push
     assert choice == "adapter" and "1.03x" in reason
+
+
+def test_push_settings_that_would_fail_at_the_first_push_are_refused_up_front():
+    check_push_settings("auto", "vllm", "lora", 16, 16)
+    check_push_settings("merged", "vllm", "lora", 64, 16)  # merged weights need no LoRA slot
+    check_push_settings("auto", "vllm", "full", 0, 16)
+    check_push_settings("adapter", "transformers", "lora", 64, 16)  # peft serves any rank
+    with pytest.raises(ValueError, match=r"lora_r=64 > generation.engine.max_lora_rank=16.*raise max_lora_rank"):
+        check_push_settings("auto", "vllm", "lora", 64, 16)
+    with pytest.raises(ValueError, match="push=merged.*4-bit"):
+        check_push_settings("merged", "vllm", "qlora", 16, 64)

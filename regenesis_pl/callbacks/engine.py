@@ -34,7 +34,14 @@ from lightning.pytorch import Callback
 
 from regenesis_pl.atomic import write_json
 from regenesis_pl.engines.factory import EngineConfig
-from regenesis_pl.engines.push_mode import PUSH_MODES, PushMode, measured_choice, probe, static_choice
+from regenesis_pl.engines.push_mode import (
+    PUSH_MODES,
+    PushMode,
+    check_push_settings,
+    measured_choice,
+    probe,
+    static_choice,
+)
 from regenesis_pl.layout import RunLayout
 from regenesis_pl.sharding import Shard
 
@@ -351,8 +358,9 @@ class EngineCallback(Callback):
 
         import torch
 
-        if self.push == "merged" and getattr(pl_module, "mode", None) == "qlora":  # fail before any round runs
-            static_choice(self.push, "qlora", pl_module.merge_blocker())
+        hparams = getattr(pl_module, "hparams", {})  # refuse before any round runs, not at the first push
+        check_push_settings(self.push, self.backend, str(hparams.get("mode", "lora")), int(hparams.get("lora_r", 0)),
+                            self.config.max_lora_rank)
         local = max(1, int(getattr(trainer, "num_devices", 1) or 1))
         if trainer.strategy.root_device.type == "cpu" and local > 1 and "OMP_NUM_THREADS" not in os.environ:
             threads = max(1, (os.cpu_count() or 1) // local)

@@ -48,6 +48,7 @@ def run_evaluation(
         raise ValueError("evaluate: the task list gave no questions; check `tasks` (name, split, limit)")
     engine_cfg = engine or EngineConfig()
     shard = process_shard()
+    RunLayout(run_dir).create()  # a run directory that cannot exist fails now, in one line, not after the engine start
     gen = build_engine(engine_cfg, model, adapter, device=local_device())
     try:
         store_dir = prepare_store_dir(run_dir, {"command": "evaluate", "model": model, "adapter": adapter,

@@ -133,6 +133,7 @@ def synthesize_to_store(engine: Engine | None, questions: list[Question], synthe
     part_path = layout.round_shard(round, tag, shard.rank)
     merged_path = layout.round_merged(round, tag)
     since = time.time()
+    layout.create()  # a run directory that cannot exist fails here, in one line
     clear_failed(layout.failures, shard.rank)
     try:
         store_dir = prepare_store_dir(layout.round_dir(round), meta, say=say)

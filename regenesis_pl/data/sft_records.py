@@ -87,5 +87,14 @@ def load_candidates(path: str | os.PathLike) -> list[Candidate]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"candidates: no file {path}")
+    out = []
     with open(path, encoding="utf-8") as f:
-        return [Candidate.from_dict(json.loads(line)) for line in f if line.strip()]
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                out.append(Candidate.from_dict(json.loads(line)))
+            except (ValueError, TypeError, KeyError) as err:
+                raise ValueError(f"candidates {path} line {number} is unreadable ({type(err).__name__}: {err}); delete "
+                                 "the file and rerun the same command: its generations are stored, none is redone") from None
+    return out

@@ -28,6 +28,7 @@ from regenesis_pl.atomic import write_json
 from regenesis_pl.chat import render_prompt
 from regenesis_pl.engines.base import Completion, Conversation, Engine, RequestOutput, SamplingConfig
 from regenesis_pl.hashing import config_differences, digest, resolve_request_seeds
+from regenesis_pl.layout import make_dir
 
 log = logging.getLogger(__name__)
 
@@ -154,9 +155,15 @@ class GenerationStore:
             self._index[key] = (self.path, offset, len(encoded))
             chunks.append(encoded)
             offset += len(encoded)
-        self._writer.write(b"".join(chunks))
-        self._writer.flush()
-        os.fsync(self._writer.fileno())
+        try:
+            self._writer.write(b"".join(chunks))
+            self._writer.flush()
+            os.fsync(self._writer.fileno())
+        except OSError as err:  # disk full, quota, a vanished mount: say where, and that nothing stored is lost
+            for key, _, _ in items:
+                self._index.pop(key, None)
+            raise OSError(err.errno, f"store {self.path}: cannot write ({err.strerror}); free space or fix the "
+                                     "disk and rerun the same command: what was stored before is kept") from None
         self._size = offset
 
     def close(self) -> None:
@@ -354,8 +361,7 @@ def prepare_store_dir(run_dir: str | os.PathLike, meta: dict[str, Any],
         meta: JSON-serialisable description: method, round, model, weights fingerprint, guideline set, config.
         say: Where the one-line notice goes.
     """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = make_dir(run_dir)
     meta = json.loads(json.dumps(meta, sort_keys=True, default=str))
     meta_hash = digest(meta, 12)
     meta_path = run_dir / META_FILE

@@ -74,8 +74,13 @@ def build_engine(config: EngineConfig, model: str = "embedded", adapter: str | N
         device: The device this process's engine uses ("cuda:1", "cpu"); None: the default device. In a
             multi-process fit each rank passes its own.
     """
+    from pathlib import Path
+
     from regenesis_pl.model_source import resolve_model
 
+    if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():  # before minutes of start-up
+        raise FileNotFoundError(f"adapter folder {adapter!r} has no adapter_config.json; pass a folder written by "
+                                "peft's save_pretrained (e.g. <run_dir>/adapters/round-0-step-12) or no adapter")
     if config.backend == "vllm":
         from regenesis_pl.engines.vllm_engine import VLLMEngine, import_vllm
 
