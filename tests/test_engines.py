@@ -35,11 +35,19 @@ def texts(outputs):
 # ------------------------------------------------------------------------------------------ fast unit tests
 
 
-def test_sampling_config_rejects_bad_values():
-    with pytest.raises(ValueError, match="temperature"):
-        SamplingConfig(temperature=-0.1)
-    with pytest.raises(ValueError, match="n=0"):
-        SamplingConfig(n=0)
+@pytest.mark.parametrize("bad, match", [
+    ({"n": 0}, "n=0 must be >= 1"),
+    ({"temperature": -0.1}, "temperature=-0.1 must be >= 0"),
+    ({"top_p": 0.0}, r"top_p=0.0 must be in \(0, 1\]"),
+    ({"top_p": 1.5}, r"top_p=1.5 must be in \(0, 1\]"),
+    ({"max_tokens": 0}, "max_tokens=0 must be >= 1"),
+    ({"n": 3, "temperature": 0.0}, "3 identical greedy copies"),
+])
+def test_sampling_config_rejects_bad_values(bad, match):
+    with pytest.raises(ValueError, match=match):
+        SamplingConfig(**bad)
+    good = SamplingConfig(n=2, temperature=0.7, top_p=0.9, max_tokens=5, stop=["x"], seed=3)
+    assert good.stop == ("x",) and not good.greedy and SamplingConfig().greedy
 
 
 def test_jobs_and_seeds():
@@ -424,8 +432,11 @@ def _engine_processes(pids: set[int]) -> list[str]:
 def test_vllm_close_ends_engine_processes(vllm_engine):
     """Runs last in this module: closing ends the engine core and its workers (no zombies)."""
     assert vllm_engine.spawned
-    vllm_engine.sleep()  # no-op on CPU, must not break anything
+    before = texts(vllm_engine.generate(CONVERSATIONS[:1], GREEDY))
+    vllm_engine.sleep()  # a no-op on CPU (sleep mode is CUDA-only): the engine must still serve the same output
+    assert not vllm_engine.sleep_enabled
     vllm_engine.wake()
+    assert texts(vllm_engine.generate(CONVERSATIONS[:1], GREEDY)) == before
     vllm_engine.close()
     deadline = time.monotonic() + 15
     while (left := _engine_processes(vllm_engine.spawned)) and time.monotonic() < deadline:

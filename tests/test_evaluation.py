@@ -111,7 +111,10 @@ def test_evaluate_command_on_the_embedded_model_and_rerun_from_the_store(tmp_pat
 
     first, records4 = evaluate(4)
     score = first["per_task"]["toy_add"]
-    assert score["n"] == 4 and 0.0 <= score["accuracy"] <= score["parse_rate"] <= 1.0
+    rows = [json.loads(r) for r in records4]
+    assert score["n"] == 4 == len(rows)
+    assert score["accuracy"] == pytest.approx(sum(r["correct"] for r in rows) / 4)
+    assert score["parse_rate"] == pytest.approx(sum(r["parsed"] for r in rows) / 4)
     assert first["meta"]["store"] == {"hits": 0, "misses": 4} and first["meta"]["tokens_per_s"] > 0
     assert "| toy_add | 4 |" in capsys.readouterr().out
     # the same command again: every answer comes from the store, the scores and texts are the same
@@ -124,3 +127,55 @@ def test_evaluate_command_on_the_embedded_model_and_rerun_from_the_store(tmp_pat
     texts4 = {json.loads(r)["question_id"]: json.loads(r)["text"] for r in records4}
     texts6 = {json.loads(r)["question_id"]: json.loads(r)["text"] for r in records6}
     assert all(texts6[q] == t for q, t in texts4.items())
+
+
+@pytest.mark.slow
+def test_evaluate_killed_mid_call_resumes_with_nothing_answered_twice(tmp_path):
+    """SIGKILL `regenesis evaluate` once some answers are stored (one engine call, each answer stored as it
+    finishes); the same command then answers only the rest and scores exactly like an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    data = tmp_path / "toy_add.jsonl"
+    data.write_text("".join(json.dumps(Question(id=f"q{i}", task="toy_add", text=f"What is {i + 2} + {i + 5}?",
+                                                 answer_type=AnswerType.NUMERIC, answer=str(2 * i + 7)).to_dict())
+                            + "\n" for i in range(6)))
+
+    def command(run: Path) -> list[str]:
+        return [sys.executable, "-m", "regenesis_pl.cli", "evaluate", "--tasks",
+                json.dumps([{"name": "toy_add", "path": str(data)}]), "--engine.backend", "transformers",
+                "--engine.batch_size", "1", "--max_tokens", "48", "--run_dir", str(run)]
+
+    def stored(run: Path) -> int:
+        return sum(len(p.read_bytes().splitlines()) for p in run.glob("store-*/generations*.jsonl"))
+
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "TOKENIZERS_PARALLELISM": "false"}
+    reference = tmp_path / "reference"
+    subprocess.run(command(reference), env=env, check=True, capture_output=True, timeout=900)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(command(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    deadline = time.monotonic() + 600
+    try:
+        while stored(killed) < 2:
+            assert proc.poll() is None, proc.stderr.read()[-2000:]
+            assert time.monotonic() < deadline, "no stored answer after 600 s"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    done = stored(killed)
+    assert proc.returncode == -signal.SIGKILL and 2 <= done < 6 and not (killed / "eval.json").exists()
+    subprocess.run(command(killed), env=env, check=True, capture_output=True, timeout=900)
+    resumed = json.loads((killed / "eval.json").read_text())
+    expected = json.loads((reference / "eval.json").read_text())
+    assert resumed["meta"]["store"] == {"hits": done, "misses": 6 - done}
+    assert resumed["per_task"] == expected["per_task"]
+    assert (killed / "eval_records.jsonl").read_text() == (reference / "eval_records.jsonl").read_text()

