@@ -52,3 +52,28 @@ def pytest_terminal_summary(terminalreporter):
     if _BUDGET_SKIPS:
         terminalreporter.write_line(f"FAILED: {len(_BUDGET_SKIPS)} slow test(s) skipped for the time budget, e.g. "
                                     f"{_BUDGET_SKIPS[0]}; a green run must run them all", red=True)
+
+
+# ------------------------------------------------------------------------------------------ shared fixtures
+@pytest.fixture(scope="module")
+def model_dir():
+    """The embedded model's folder (prepared by scripts/prepare.sh)."""
+    from regenesis_pl.model_source import resolve_model
+
+    return resolve_model("embedded")
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(model_dir, tmp_path_factory):
+    """A random-init LoRA (r=8) on the embedded model: it visibly changes the output."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                        init_lora_weights=False)
+    out = tmp_path_factory.mktemp("lora") / "adapter"
+    get_peft_model(model, config).save_pretrained(str(out))
+    return str(out)

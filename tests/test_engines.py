@@ -113,29 +113,6 @@ def test_fingerprint_tracks_adapter_content(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def model_dir():
-    from regenesis_pl.model_source import resolve_model
-
-    return resolve_model("embedded")
-
-
-@pytest.fixture(scope="module")
-def adapter_dir(model_dir, tmp_path_factory):
-    """A random-init LoRA (r=8) on the embedded model: it visibly changes the output."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-                        init_lora_weights=False)
-    out = tmp_path_factory.mktemp("lora") / "adapter"
-    get_peft_model(model, config).save_pretrained(str(out))
-    return str(out)
-
-
-@pytest.fixture(scope="module")
 def perturbed_dir(model_dir, tmp_path_factory):
     """Full weights that differ from the base in every tensor (embeddings included), as after full FT."""
     import torch

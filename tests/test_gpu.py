@@ -59,28 +59,6 @@ def free_gib() -> float:
 
 
 @pytest.fixture(scope="module")
-def model_dir():
-    from regenesis_pl.model_source import resolve_model
-
-    return resolve_model("embedded")
-
-
-@pytest.fixture(scope="module")
-def adapter_dir(model_dir, tmp_path_factory):
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    net = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-                        init_lora_weights=False)
-    out = tmp_path_factory.mktemp("lora") / "adapter"
-    get_peft_model(net, config).save_pretrained(str(out))
-    return str(out)
-
-
-@pytest.fixture(scope="module")
 def engine(model_dir):
     pytest.importorskip("vllm")
     from regenesis_pl.engines.factory import EngineConfig, build_engine
