@@ -107,9 +107,11 @@ def _run(cfg) -> int:
 def check_config_files(argv: list[str]) -> None:
     """Read every ``--config``/``-c`` file first, so a missing file or a YAML syntax error is one line that names
     the file, the line and the column (the parsers would show their usage and an unnamed string)."""
+    import itertools
+
     import yaml
 
-    paths = [value for flag, value in zip(argv, argv[1:]) if flag in ("--config", "-c")]
+    paths = [value for flag, value in itertools.pairwise(argv) if flag in ("--config", "-c")]
     paths += [arg.split("=", 1)[1] for arg in argv if arg.startswith("--config=")]
     for path in paths:
         try:

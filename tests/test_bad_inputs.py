@@ -9,7 +9,6 @@ test checks the two agree. Each case's ``says`` is a piece of the real message, 
 from __future__ import annotations
 
 import json
-import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -170,14 +169,13 @@ def _no_record_fits(tmp: Path) -> None:
 
 def _ckpt_last_starts_fresh(tmp: Path) -> str:
     """--ckpt_path last before any checkpoint: one line says the fit starts fresh (Trainer.fit is stubbed)."""
+    import functools
     import io
     import logging
 
     from lightning.pytorch import Trainer
 
     from regenesis_pl.cli import main
-
-    import functools
 
     calls = []
     real = Trainer.fit
@@ -189,12 +187,16 @@ def _ckpt_last_starts_fresh(tmp: Path) -> str:
     Trainer.fit = fake_fit
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
-    logging.getLogger("regenesis_pl").addHandler(handler)
+    logger = logging.getLogger("regenesis_pl")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)  # as the CLI's own console handler sets it (this handler makes it skip that)
     try:
         main(["fit", "--config", smoke_with(tmp, lambda raw: None), "--ckpt_path", "last"])
     finally:
         Trainer.fit = real
-        logging.getLogger("regenesis_pl").removeHandler(handler)
+        logger.removeHandler(handler)
+        logger.setLevel(level)
     assert calls == [None], calls
     lines = [line for line in stream.getvalue().splitlines() if "ckpt_path last" in line]
     assert len(lines) == 1, stream.getvalue()
