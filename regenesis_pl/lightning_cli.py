@@ -210,13 +210,11 @@ def run_fit_cli(args: list[str] | None = None) -> ReGenesisCLI:
         # args=None when they are the command line itself (Lightning warns when given both)
         return ReGenesisCLI(**_cli_kwargs(), args=None if args == sys.argv[1:] else args,
                             parser_kwargs={"exit_on_error": False})
-    except argparse.ArgumentError as err:  # a config key or value the live classes do not accept
-        command = args[0] if args else ""
-        print(f"regenesis {command}: {' '.join(str(err).split())}; see `regenesis {command} --help`", file=sys.stderr)
-        raise SystemExit(2) from None
-    except (ValueError, OSError, EmptyRoundError) as err:  # OSError: a missing file, a full disk, ...
-        command = args[0] if args else ""
-        print(f"regenesis {command}: {err}", file=sys.stderr)
+    except (argparse.ArgumentError, ValueError, OSError, EmptyRoundError) as err:
+        # ArgumentError: a config key or value the live classes do not accept; OSError: a missing file, a full disk
+        name = " ".join(["regenesis", *args[:1]])
+        hint = f"; see `{name} --help`" if isinstance(err, argparse.ArgumentError) else ""
+        print(f"{name}: {' '.join(str(err).split())}{hint}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

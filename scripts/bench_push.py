@@ -23,24 +23,6 @@ from pathlib import Path
 DEMO_ADAPTER = "runs/demo_cpu/adapters/round-0-step-12"
 
 
-def merge_to_folder(model_dir: str, adapter_dir: str, out: Path, dtype: str) -> float:
-    """Fold the adapter into the base as ``push: merged`` does; returns the seconds it took (load, fold, save)."""
-    import torch
-    from peft import PeftModel
-    from safetensors.torch import save_file
-    from transformers import AutoModelForCausalLM
-
-    from regenesis_pl.model.merge import lora_scalings, served_state_dict
-
-    start = time.perf_counter()
-    net = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), adapter_dir)
-    tied = bool(net.config.tie_word_embeddings)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(served_state_dict(net.state_dict(), getattr(torch, dtype), tied, lora_scalings(net)),
-              str(out / "model.safetensors"))
-    return time.perf_counter() - start
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--adapter", default=DEMO_ADAPTER, help="a trained peft adapter of the embedded model")
@@ -61,6 +43,7 @@ def main() -> None:
     from regenesis_pl.engines.factory import EngineConfig, build_engine
     from regenesis_pl.evaluation import answer_questions
     from regenesis_pl.method.synthesis import SynthesisConfig
+    from regenesis_pl.model.merge import fold_adapter_folder
     from regenesis_pl.model_source import resolve_model
     from regenesis_pl.roofline import describe, matmul_flops, parameter_count
     from regenesis_pl.tasks.registry import load_task
@@ -84,7 +67,9 @@ def main() -> None:
                     engine.set_adapter(args.adapter)
                 elif way == "merged":
                     engine.set_adapter(None)
-                    rows["merge_s"] = merge_to_folder(model_dir, args.adapter, Path(tmp) / "merged", engine.dtype)
+                    fold_start = time.perf_counter()
+                    fold_adapter_folder(model_dir, args.adapter, Path(tmp) / "merged", getattr(torch, engine.dtype))
+                    rows["merge_s"] = time.perf_counter() - fold_start
                     engine.load_weights(str(Path(tmp) / "merged"))
                 switch_s = time.perf_counter() - start
                 engine.llm.reset_prefix_cache()  # no way profits from another's cached prompts

@@ -356,17 +356,10 @@ def test_vllm_counts_prompt_tokens_its_prefix_cache_served(vllm_engine):
 def merged_dir(model_dir, adapter_dir, tmp_path_factory):
     """The random adapter folded into the base (``model.merge``), as a ``push: merged`` writes it."""
     import torch
-    from peft import PeftModel
-    from safetensors.torch import save_file
-    from transformers import AutoModelForCausalLM
 
-    from regenesis_pl.model.merge import lora_scalings, served_state_dict
+    from regenesis_pl.model.merge import fold_adapter_folder
 
-    net = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), adapter_dir)
-    state = served_state_dict(net.state_dict(), torch.float32, True, lora_scalings(net))
-    out = tmp_path_factory.mktemp("merged")
-    save_file(state, str(out / "model.safetensors"))
-    return str(out)
+    return str(fold_adapter_folder(model_dir, adapter_dir, tmp_path_factory.mktemp("merged"), torch.float32))
 
 
 @pytest.mark.slow

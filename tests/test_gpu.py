@@ -118,15 +118,10 @@ def test_float32_weights_reload_in_place_into_a_bfloat16_engine(engine, model_di
 
 def test_merged_push_serves_what_the_adapter_serves_in_bfloat16(engine, model_dir, adapter_dir, tmp_path):
     import torch
-    from peft import PeftModel
-    from safetensors.torch import save_file
-    from transformers import AutoModelForCausalLM
 
-    from regenesis_pl.model.merge import lora_scalings, served_state_dict
+    from regenesis_pl.model.merge import fold_adapter_folder
 
-    net = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), adapter_dir)
-    save_file(served_state_dict(net.state_dict(), torch.bfloat16, True, lora_scalings(net)),
-              str(tmp_path / "model.safetensors"))
+    fold_adapter_folder(model_dir, adapter_dir, tmp_path, torch.bfloat16)
     engine.set_adapter(adapter_dir)
     through_adapter, adapter_tok_s = timed_generate(engine)
     engine.set_adapter(None)

@@ -35,8 +35,8 @@ from lightning.pytorch import Callback
 from regenesis_pl.atomic import write_json
 from regenesis_pl.engines.factory import EngineConfig
 from regenesis_pl.engines.push_mode import (
-    PUSH_MODES,
     PushMode,
+    check_mode,
     check_push_settings,
     measured_choice,
     probe,
@@ -69,8 +69,7 @@ class EngineCallback(Callback):
         super().__init__()
         if keep_full_weights < 1:
             raise ValueError(f"generation: keep_full_weights={keep_full_weights} must be >= 1")
-        if push not in PUSH_MODES:
-            raise ValueError(f"generation.push={push!r} is unknown; use one of {', '.join(PUSH_MODES)}")
+        check_mode(push)
         self.config = engine or EngineConfig()
         self.backend = self.config.backend
         self.model = model
@@ -167,9 +166,11 @@ class EngineCallback(Callback):
             weights = Path(pl_module.save_served_weights(self.layout.pushed(False, self._round, trainer.global_step,
                                                                             stage), self._engine_dtype(trainer)))
         trainer.strategy.barrier("regenesis-push")  # the folders are complete before any engine reads them
+        probed = choice is None and trainer.is_global_zero and self.engine is not None
         if choice is None:
             choice = self._measure(trainer, pl_module, folder, weights)
-        self._serve(pl_module, choice, folder, weights)
+        if not (probed and choice == "merged"):  # rank 0's probe ended serving this push merged: no second reload
+            self._serve(pl_module, choice, folder, weights)
         if weights is not None:
             trainer.strategy.barrier("regenesis-loaded")  # every engine read it before an old folder goes
             if trainer.is_global_zero:

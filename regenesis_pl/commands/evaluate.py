@@ -48,7 +48,8 @@ def run_evaluation(
         raise ValueError("evaluate: the task list gave no questions; check `tasks` (name, split, limit)")
     engine_cfg = engine or EngineConfig()
     shard = process_shard()
-    RunLayout(run_dir).create()  # a run directory that cannot exist fails now, in one line, not after the engine start
+    layout = RunLayout(run_dir)
+    layout.create()  # a run directory that cannot exist fails now, in one line, not after the engine start
     gen = build_engine(engine_cfg, model, adapter, device=local_device())
     try:
         store_dir = prepare_store_dir(run_dir, {"command": "evaluate", "model": model, "adapter": adapter,
@@ -58,7 +59,6 @@ def run_evaluation(
     except BaseException:
         gen.close()
         raise
-    layout = RunLayout(run_dir)
     tag = digest([gen.weights_id, engine_cfg.backend, engine_cfg.dtype, max_tokens, [q.to_dict() for q in questions],
                   shard.world], 12)
     started = time.time()

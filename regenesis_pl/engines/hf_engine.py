@@ -18,6 +18,7 @@ from regenesis_pl.engines.base import Completion, Conversation, RequestOutput, S
 from regenesis_pl.engines.fingerprint import weights_fingerprint
 from regenesis_pl.engines.prompt_jobs import (
     Job,
+    OutputCollector,
     cut_at_stop,
     encode_conversations,
     load_chat_tokenizer,
@@ -114,21 +115,16 @@ class TransformersEngine:
         prompt_ids = encode_conversations(self._tokenizer, conversations, self.max_model_len)
         jobs = make_jobs(prompt_ids, sampling, request_seeds)
         order = sorted(range(len(jobs)), key=lambda k: len(jobs[k].prompt_ids))
-        outputs = [RequestOutput(completions=[None] * sampling.n, prompt_tokens=len(ids)) for ids in prompt_ids]
-        left = [sampling.n] * len(prompt_ids)
+        collector = OutputCollector(prompt_ids, sampling.n)
         starts = range(0, len(order), self.batch_size)
         for start in tqdm(starts, desc=progress, disable=progress is None, unit="batch"):
             chunk = order[start:start + self.batch_size]
-            finished = []
-            for k, completion in zip(chunk, self._generate_batch([jobs[k] for k in chunk], sampling)):
-                job = jobs[k]
-                outputs[job.request].completions[job.sample] = completion
-                left[job.request] -= 1
-                if left[job.request] == 0:
-                    finished.append((job.request, outputs[job.request]))
+            done = (collector.add(jobs[k], c) for k, c in zip(chunk, self._generate_batch([jobs[k] for k in chunk],
+                                                                                          sampling)))
+            finished = [item for item in done if item is not None]
             if finished and on_finished is not None:
                 on_finished(finished)
-        return outputs
+        return collector.outputs
 
     def _generate_batch(self, batch: list[Job], sampling: SamplingConfig) -> list[Completion]:
         import torch

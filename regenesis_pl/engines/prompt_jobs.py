@@ -1,5 +1,5 @@
 """What both backends do the same way before and after generating: tokenizer loading, prompt token ids,
-one seeded job per completion, stop-string truncation, dtype names.
+one seeded job per completion, collecting completions per request, stop-string truncation, dtype names.
 
 Keeping this in one place is what makes the two engines see identical prompt tokens and identical seeds.
 """
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from regenesis_pl.chat import render_prompt
-from regenesis_pl.engines.base import Conversation, SamplingConfig
+from regenesis_pl.engines.base import Completion, Conversation, RequestOutput, SamplingConfig
 from regenesis_pl.hashing import completion_seed, resolve_request_seeds
 
 
@@ -68,6 +68,21 @@ def make_jobs(prompt_ids: Sequence[Sequence[int]], sampling: SamplingConfig,
         for j in range(sampling.n):
             jobs.append(Job(request=i, sample=j, prompt_ids=tuple(ids), seed=completion_seed(base, j)))
     return jobs
+
+
+class OutputCollector:
+    """Completions of jobs, in any order, into one ``RequestOutput`` per request; ``add`` says when a request
+    has all its ``n`` completions (what an engine reports through ``on_finished``)."""
+
+    def __init__(self, prompt_ids: Sequence[Sequence[int]], n: int) -> None:
+        self.outputs = [RequestOutput(completions=[None] * n, prompt_tokens=len(ids)) for ids in prompt_ids]
+        self._left = [n] * len(prompt_ids)
+
+    def add(self, job: Job, completion: Completion) -> tuple[int, RequestOutput] | None:
+        """Place ``completion``; ``(request, output)`` when that was the request's last one, else None."""
+        self.outputs[job.request].completions[job.sample] = completion
+        self._left[job.request] -= 1
+        return (job.request, self.outputs[job.request]) if self._left[job.request] == 0 else None
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:

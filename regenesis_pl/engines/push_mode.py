@@ -15,6 +15,7 @@ from typing import Literal
 PushMode = Literal["auto", "adapter", "merged"]
 PUSH_MODES = ("auto", "adapter", "merged")
 MERGED_GAIN = 1.05  # auto keeps the adapter path unless merging decodes at least 5% faster
+QLORA_BLOCKER = "QLoRA trains against a 4-bit base, which does not fold into dense weights"
 
 PROBE_QUESTIONS = (
     "What is 17 + 25? Think step by step.",
@@ -55,10 +56,15 @@ def probe(engine, max_tokens: int = 48) -> Probe:
     return Probe(sum(c.num_tokens for c in completions), seconds, [c.text for c in completions])
 
 
+def check_mode(mode: str) -> None:
+    if mode not in PUSH_MODES:
+        raise ValueError(f"generation.push={mode!r} is unknown; use one of {', '.join(PUSH_MODES)}")
+
+
 def check_push_settings(mode: str, backend: str, training_mode: str, lora_r: int, max_lora_rank: int) -> None:
     """Refuse, when a fit starts, push settings that could only fail at the first push after a round of work."""
     if mode == "merged" and training_mode == "qlora":
-        static_choice(mode, training_mode, "QLoRA trains against a 4-bit base, which does not fold into dense weights")
+        static_choice(mode, training_mode, QLORA_BLOCKER)
     if backend == "vllm" and training_mode != "full" and mode != "merged" and lora_r > max_lora_rank:
         raise ValueError(f"model.lora_r={lora_r} > generation.engine.max_lora_rank={max_lora_rank}: vLLM could not serve "
                          "the adapter; raise max_lora_rank or set generation.push: merged")
@@ -67,8 +73,7 @@ def check_push_settings(mode: str, backend: str, training_mode: str, lora_r: int
 def static_choice(mode: str, training_mode: str, blocker: str | None) -> tuple[str | None, str]:
     """The choice known before any measurement: (``"weights"``/``"adapter"``/``"merged"``, why), or (None, why)
     when ``auto`` must measure. ``blocker`` is None when the adapter folds into dense weights, else why not."""
-    if mode not in PUSH_MODES:
-        raise ValueError(f"generation.push={mode!r} is unknown; use one of {', '.join(PUSH_MODES)}")
+    check_mode(mode)
     if training_mode == "full":
         return "weights", "full fine-tuning: the full weights are pushed"
     if mode == "merged":

@@ -25,6 +25,7 @@ from pathlib import Path
 from regenesis_pl.engines.base import Completion, Conversation, RequestOutput, SamplingConfig
 from regenesis_pl.engines.fingerprint import weights_fingerprint
 from regenesis_pl.engines.prompt_jobs import (
+    OutputCollector,
     encode_conversations,
     load_chat_tokenizer,
     make_jobs,
@@ -83,13 +84,11 @@ def _quiet_lora_tokenizer_notice() -> None:
     adapter holds; prompts reach it here as token ids of the base tokenizer, so the notice never applies."""
     import logging
 
-    class _Drop(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
-            return "tokenizers for different LoRAs" not in record.getMessage()
+    from regenesis_pl.engines.vllm_worker import DropMessages
 
     target = logging.getLogger("vllm.v1.engine.input_processor")
-    if not any(type(f).__name__ == "_Drop" for f in target.filters):  # once per process
-        target.addFilter(_Drop())
+    if not any(isinstance(f, DropMessages) for f in target.filters):  # once per process
+        target.addFilter(DropMessages(("vLLM has deprecated support for supporting different tokenizers",)))
 
 
 class VLLMEngine:
@@ -193,11 +192,7 @@ class VLLMEngine:
                                  skip_special_tokens=True)
                   for job in jobs]
         prompts = [TokensPrompt(prompt_token_ids=list(job.prompt_ids)) for job in jobs]
-        outputs = [RequestOutput(completions=[], prompt_tokens=len(ids)) for ids in prompt_ids]
-        slots: list[list[Completion | None]] = [[] for _ in prompt_ids]
-        for job in jobs:
-            slots[job.request].append(None)
-        left = [len(s) for s in slots]
+        collector = OutputCollector(prompt_ids, sampling.n)
         engine = self.llm.llm_engine
         # enqueue returns vLLM's internal ids ("<id>-<random suffix>"); finished outputs carry the "<id>" part
         internal = self.llm.enqueue(prompts, params, lora_request=self._lora, use_tqdm=False)
@@ -213,14 +208,12 @@ class VLLMEngine:
                     out = result.outputs[0]
                     if out.finish_reason not in ("stop", "length"):
                         raise RuntimeError(f"vLLM request {job.request} ended with finish_reason={out.finish_reason!r}")
-                    slots[job.request][job.sample] = Completion(text=out.text, num_tokens=len(out.token_ids),
-                                                                finish_reason=out.finish_reason)
                     self.prefix_cache["prompt_tokens"] += len(job.prompt_ids)
                     self.prefix_cache["cached_tokens"] += result.num_cached_tokens or 0
-                    left[job.request] -= 1
-                    if left[job.request] == 0:
-                        outputs[job.request].completions = list(slots[job.request])
-                        finished.append((job.request, outputs[job.request]))
+                    done = collector.add(job, Completion(text=out.text, num_tokens=len(out.token_ids),
+                                                         finish_reason=out.finish_reason))
+                    if done is not None:
+                        finished.append(done)
                     bar.update(1)
                 if finished and on_finished is not None:
                     on_finished(finished)
@@ -232,7 +225,7 @@ class VLLMEngine:
             bar.close()
         if job_of:
             raise RuntimeError(f"vLLM finished without {len(job_of)} of {len(jobs)} requests")
-        return outputs
+        return collector.outputs
 
     # ----------------------------------------------------------------------------------------- weights
     def set_adapter(self, adapter_dir: str | None) -> None:

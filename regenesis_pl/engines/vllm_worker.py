@@ -30,7 +30,7 @@ class WeightReloadExtension:
         # vLLM warns for every layer the checkpoint has no tensor for; two are expected on every reload: the rotary
         # cache (computed, never saved) and a tied LM head (refreshed below). Other layers still warn.
         expected = ("RotaryEmbedding: Failed to load weights", "ParallelLMHead: Failed to load weights")
-        quiet = _DropMessages(expected)
+        quiet = DropMessages(expected)
         layerwise = logging.getLogger("vllm.model_executor.model_loader.reload.layerwise")
         layerwise.addFilter(quiet)
         try:
@@ -46,8 +46,9 @@ class WeightReloadExtension:
         return refreshed
 
 
-class _DropMessages:
-    """A logging filter that drops records whose message starts with one of ``prefixes``."""
+class DropMessages:
+    """A logging filter that drops records whose message starts with one of ``prefixes`` (vLLM notices that
+    never apply to how this package drives the engine; the engine process and the workers share it)."""
 
     def __init__(self, prefixes: tuple[str, ...]) -> None:
         self.prefixes = prefixes

@@ -12,6 +12,8 @@ Only plain LoRA on linear layers folds this way. DoRA, LoRA on embeddings, ``fan
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -86,3 +88,24 @@ def _fold(state, layer: str, weight: torch.Tensor, scalings: dict[str, float], a
     # Sum in float32 on the weights' device (fast on a GPU), so a bf16 base loses nothing before the final cast.
     delta = (b.to(torch.float32) @ a.to(device=b.device, dtype=torch.float32)) * scalings[layer]
     return weight.to(torch.float32) + delta.to(weight.device)
+
+
+def write_served_weights(folder: str | Path, weights: dict[str, torch.Tensor]) -> Path:
+    """Write ``served_state_dict`` output as ``folder/model.safetensors`` (what ``load_weights`` reads)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return folder
+
+
+def fold_adapter_folder(model_dir: str, adapter_dir: str, out_dir: str | Path, dtype: torch.dtype) -> Path:
+    """Fold a saved peft adapter into its base model folder and write the result as a ``push: merged`` does
+    (benchmarks and tests; a fit folds the adapter it is training, ``SFTModule.save_served_weights``)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    net = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), adapter_dir)
+    tied = bool(getattr(net.config, "tie_word_embeddings", False))
+    return write_served_weights(out_dir, served_state_dict(net.state_dict(), dtype, tied, lora_scalings(net)))

@@ -269,18 +269,14 @@ class SFTModule(LightningModule):
         weights (full mode) or the LoRA adapter folded into the base (``model.merge``; raises ``CannotMerge``
         for adapters that do not fold, such as a 4-bit base). Under FSDP call it on every rank; rank 0 writes.
         """
-        from safetensors.torch import save_file
-
-        from regenesis_pl.model.merge import lora_scalings, served_state_dict
+        from regenesis_pl.model.merge import lora_scalings, served_state_dict, write_served_weights
 
         path = Path(path)
         scalings = lora_scalings(self.model) if self.adapter_only else None
-        state = self._full_state_dict() if self._fsdp() else {k: v.detach() for k, v in self.model.state_dict().items()}
+        state = self._full_state_dict() if self._fsdp() else self.model.state_dict()  # on the device: folds fast
         if self._is_writer():
             tied = bool(getattr(self.model.config, "tie_word_embeddings", False))  # peft forwards .config
-            weights = served_state_dict(state, dtype, tied, scalings)
-            path.mkdir(parents=True, exist_ok=True)
-            save_file(weights, str(path / "model.safetensors"), metadata={"format": "pt"})
+            write_served_weights(path, served_state_dict(state, dtype, tied, scalings))
         return path
 
     def reset_to_base(self, seed: int | None = None, reset_optimizer: bool = True) -> None:
@@ -341,10 +337,11 @@ class SFTModule(LightningModule):
 
     def merge_blocker(self) -> str | None:
         """None when the LoRA adapter folds into dense served weights (``save_served_weights``), else why not."""
+        from regenesis_pl.engines.push_mode import QLORA_BLOCKER
         from regenesis_pl.model.merge import CannotMerge, lora_scalings
 
         if self.mode == "qlora":
-            return "QLoRA trains against a 4-bit base, which does not fold into dense weights"
+            return QLORA_BLOCKER
         try:
             lora_scalings(self.model)
         except CannotMerge as err:
