@@ -4,6 +4,7 @@
     regenesis prepare data SOURCE ...  write offline task splits (bigbench, olmo)
     regenesis evaluate --config ...    zero-shot CoT accuracy and parse rate per task
     regenesis synthesize --config ...  one round of ReGenesis / STaR / LMSI / GT synthesis into a store
+    regenesis study --config ...       every method x seed as its own fit, compared with intervals
     regenesis fit|validate|test ...    the Lightning self-improvement loop (LightningCLI)
 
 Each sub-command's options are read from the signature of the function it runs (typed, documented
@@ -47,6 +48,7 @@ def _function_parser(function, positional: str | None = None, choices: list[str]
 def build_parser() -> ArgumentParser:
     """The parser of every sub-command except the Lightning ones (also used by the config tests)."""
     from regenesis_pl.commands.evaluate import run_evaluation
+    from regenesis_pl.commands.study import run_study
     from regenesis_pl.commands.synthesize import run_synthesis
     from regenesis_pl.embedded_model import prepare_embedded_model
     from regenesis_pl.tasks.prepare import SOURCES, prepare_data
@@ -66,6 +68,8 @@ def build_parser() -> ArgumentParser:
                             help="zero-shot CoT evaluation of a model (optionally + LoRA adapter)")
     commands.add_subcommand("synthesize", _function_parser(run_synthesis),
                             help="synthesize and filter reasoning paths (regenesis, star, lmsi, gt)")
+    commands.add_subcommand("study", _function_parser(run_study),
+                            help="every arm (method) x seed as its own fit; report with intervals")
     for name in LIGHTNING_COMMANDS:
         commands.add_subcommand(name, ArgumentParser(), help=f"Lightning {name} (LightningCLI; see `regenesis {name} --help`)")
     return parser
@@ -93,6 +97,20 @@ def _run(cfg) -> int:
         return 0
     if command == "evaluate":
         run_evaluation(**args)
+        return 0
+    if command == "study":
+        from regenesis_pl.commands.study import run_study
+        from regenesis_pl.lightning_cli import check_study, show_progress_messages
+        from regenesis_pl.study.runner import StudyRunFailed
+
+        show_progress_messages()
+        if not args.get("report_only"):
+            check_study(args["fit"], args["arms"], args.get("seeds"), args.get("study_dir", "runs/study"))
+        try:
+            run_study(**args)
+        except StudyRunFailed as err:
+            print(err, file=sys.stderr)
+            return 1
         return 0
     if command == "synthesize":
         try:
@@ -132,6 +150,9 @@ def _bad_input(message: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from regenesis_pl.study.runner import die_with_parent
+
+    die_with_parent()  # only when `regenesis study` started this process: end with it, never as an orphan
     argv = list(sys.argv[1:] if argv is None else argv)
     check_config_files(argv)
     if argv and argv[0] in LIGHTNING_COMMANDS:

@@ -26,6 +26,16 @@
 
 ``regenesis evaluate`` writes ``eval.json``, ``eval.md`` and ``eval_records.jsonl`` at the top of its run
 directory, beside its store. Rounds are 0-based and always spelled ``round-<k>``.
+
+A study directory (``regenesis study``) holds one ordinary run directory per arm and seed::
+
+    <study_dir>/
+      base/                       the base model's evaluation (a `regenesis evaluate` run directory)
+      <arm>/seed-<s>/             one fit: the run layout above, plus
+        study_config.yaml         the fit's full configuration (rerun it by hand with `regenesis fit --config`)
+        study.log                 the fit's console output
+        study_run.json            marker: the fit finished with this configuration (read back, never redone)
+      study.json, report.md, plots/   the comparison
 """
 
 from __future__ import annotations
@@ -178,3 +188,41 @@ def _by_round(paths, name_of) -> dict[int, Path]:
         if parsed is not None and parsed[1] is None:
             found[parsed[0]] = path
     return dict(sorted(found.items()))
+
+
+class StudyLayout:
+    """Paths of one study directory: a run directory per arm and seed, the base evaluation, the report."""
+
+    def __init__(self, study_dir: str | os.PathLike) -> None:
+        self.root = Path(study_dir)
+
+    def run_dir(self, arm: str, seed: int) -> Path:
+        return self.root / arm / f"seed-{seed}"
+
+    @property
+    def base(self) -> Path:
+        return self.root / "base"
+
+    @staticmethod
+    def config(run_dir: Path) -> Path:
+        return Path(run_dir) / "study_config.yaml"
+
+    @staticmethod
+    def log(run_dir: Path) -> Path:
+        return Path(run_dir) / "study.log"
+
+    @staticmethod
+    def marker(run_dir: Path) -> Path:
+        return Path(run_dir) / "study_run.json"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "study.json"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.md"
+
+    @property
+    def plots(self) -> Path:
+        return self.root / "plots"

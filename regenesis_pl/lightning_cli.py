@@ -25,6 +25,7 @@ never merges them), and a checkpoint written by another configuration is refused
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import sys
 import warnings
@@ -186,7 +187,38 @@ def check_fit_config(args: list[str]):
         return _ConfigCheck(**_cli_kwargs(), args=list(args), run=False).config
 
 
-def _show_progress_messages() -> None:
+def check_fit_settings(config: dict, where: str) -> None:
+    """Parse a fit configuration given as a dict against the live classes (nothing is built); a bad key or
+    value is a one-line ValueError that starts with ``where``."""
+    seed_log = logging.getLogger("lightning.fabric.utilities.seed")  # "Seed set to ..." once per check
+    level = seed_log.level
+    seed_log.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+            # a deep copy: the parser rewrites nested entries in place (class paths, defaults)
+            _ConfigCheck(**_cli_kwargs(), args=copy.deepcopy(config), run=False,
+                         parser_kwargs={"exit_on_error": False})
+    except (argparse.ArgumentError, ValueError, TypeError) as err:
+        raise ValueError(f"{where}: {' '.join(str(err).split())}") from None
+    finally:
+        seed_log.setLevel(level)
+
+
+def check_study(fit: dict, arms: list, seeds: list[int] | None, study_dir: str) -> None:
+    """Parse every arm's fit configuration of a study (``regenesis study``) before hours of compute start; the
+    first bad key or value is a one-line ValueError naming the arm. Seeds change only seed values, so one
+    configuration per arm is checked."""
+    from regenesis_pl.study.plan import plan_runs
+
+    checked = set()
+    for run in plan_runs(fit, arms, [0, 1, 2] if seeds is None else seeds, study_dir):
+        if run.arm not in checked:
+            check_fit_settings(run.config, f"study arm {run.arm!r}")
+            checked.add(run.arm)
+
+
+def show_progress_messages() -> None:
     """Send the package's INFO messages (round data, pushes, evaluations) to stderr, once."""
     logger = logging.getLogger("regenesis_pl")
     if not logger.handlers:
@@ -205,7 +237,7 @@ def run_fit_cli(args: list[str] | None = None) -> ReGenesisCLI:
     from regenesis_pl.data.round_files import EmptyRoundError
 
     args = list(sys.argv[1:] if args is None else args)
-    _show_progress_messages()
+    show_progress_messages()
     try:
         # args=None when they are the command line itself (Lightning warns when given both)
         return ReGenesisCLI(**_cli_kwargs(), args=None if args == sys.argv[1:] else args,

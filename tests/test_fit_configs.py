@@ -3,6 +3,7 @@
 File name convention (which command a config is for):
     configs/eval_*.yaml    -> `regenesis evaluate --config ...`   (regenesis_pl.cli.build_parser)
     configs/synth_*.yaml   -> `regenesis synthesize --config ...` (regenesis_pl.cli.build_parser)
+    configs/study_*.yaml   -> `regenesis study --config ...`      (every arm's fit configuration checked too)
     any other *.yaml       -> `regenesis fit|validate|test --config ...` (LightningCLI, regenesis_pl.lightning_cli)
 """
 
@@ -16,7 +17,7 @@ import yaml
 from regenesis_pl.lightning_cli import check_fit_config
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
-SUBCOMMAND_PREFIXES = {"eval_": "evaluate", "synth_": "synthesize"}
+SUBCOMMAND_PREFIXES = {"eval_": "evaluate", "synth_": "synthesize", "study_": "study"}
 
 
 def command_of(path: Path) -> str:
@@ -48,8 +49,14 @@ def test_config_parses_against_live_classes(path):
     else:
         from regenesis_pl.cli import build_parser
 
-        cfg = build_parser().parse_args([command, "--config", str(path)])
+        parser = build_parser()
+        cfg = parser.parse_args([command, "--config", str(path)])
         assert cfg.command == command
+        if command == "study":
+            from regenesis_pl.lightning_cli import check_study
+
+            study = parser.instantiate(cfg).study
+            check_study(study.fit, study.arms, study.seeds, study.study_dir)  # every arm's fit configuration
 
 
 def _smoke_with(tmp_path, edit) -> Path:

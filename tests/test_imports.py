@@ -20,7 +20,7 @@ LAYERS = [
     # 1: tasks, prompts, engines and the method (pure functions over typed records)
     {"tasks", "chat", "engines", "method"},
     # 2: data and model
-    {"data", "model", "evaluation", "report"},
+    {"data", "model", "evaluation", "report", "study"},
     # 3: Lightning callbacks and the command functions
     {"callbacks", "commands"},
     # 4: entry points

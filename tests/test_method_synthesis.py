@@ -195,14 +195,22 @@ def test_lmsi_uses_majority_vote_only():
                                                            "rate": round(right / 15, 4)}
 
 
-def test_gt_sft_uses_rationales_and_counts_skips():
+def test_gt_sft_uses_rationales_else_answers_and_counts_skips():
     qs = [Question(id="a", task="t", text="2+2?", answer_type=AnswerType.NUMERIC, answer="4", rationale="2 plus 2 is 4."),
           Question(id="b", task="t", text="Is fire hot?", answer_type=AnswerType.YES_NO, answer="yes"),
           Question(id="c", task="t", text="3+3?", answer_type=AnswerType.NUMERIC, answer="6",
                    rationale="3 and 3 make \\boxed{6}")]
-    result = synthesize_round(None, qs, SynthesisConfig(method="gt"))
-    assert [c.path for c in result.kept] == ["2 plus 2 is 4.\nThe answer is \\boxed{4}.", "3 and 3 make \\boxed{6}"]
-    assert result.stats["skipped"] == {"no_rationale": 1} and result.stats["questions_solved"] == 2
+    qs.append(Question(id="d", task="t", text="Unanswered?", answer_type=AnswerType.YES_NO))
+    result = synthesize_round(None, qs, SynthesisConfig(method="gt", use_gold=False))
+    # the paper's baseline: the rationale where there is one, the bare answer where there is none
+    assert [c.path for c in result.kept] == ["2 plus 2 is 4.\nThe answer is \\boxed{4}.", "The answer is \\boxed{yes}.",
+                                             "3 and 3 make \\boxed{6}"]
+    assert [c.guideline_id for c in result.kept] == ["rationale", "answer", "rationale"]
+    assert result.stats["skipped"] == {"no_target": 1} and result.stats["questions_solved"] == 3
+    only_rationales = synthesize_round(None, qs, SynthesisConfig(method="gt", use_gold=False,
+                                                                 gt_without_rationale="skip"))
+    assert [c.question_id for c in only_rationales.kept] == ["a", "c"]
+    assert only_rationales.stats["skipped"] == {"no_target": 2}
 
 
 @pytest.mark.parametrize("kwargs, questions, message", [

@@ -97,33 +97,42 @@ def cot_samples(engine: Engine, questions: Sequence[Question], sampling: Samplin
 
 
 def gt_path(question: Question) -> str:
-    """The GT-SFT target: the dataset's rationale, ending in ``\\boxed{gold}`` unless it already has a box."""
+    """The GT-SFT target: the dataset's rationale ending in ``\\boxed{gold}`` (unless it already has a box), or
+    the bare answer sentence when the question has no rationale."""
     rationale = (question.rationale or "").strip()
     if "\\boxed{" in rationale:
         return rationale
-    return f"{rationale}\nThe answer is \\boxed{{{question.answer.strip()}}}."
+    answer = f"The answer is \\boxed{{{question.answer.strip()}}}."
+    return f"{rationale}\n{answer}" if rationale else answer
 
 
-def gt_candidates(questions: Sequence[Question], round: int = 0, tokenizer=None) -> tuple[list[Candidate], int]:
-    """GT-SFT: one kept candidate per question that has both a rationale and a gold answer.
+def gt_candidates(questions: Sequence[Question], round: int = 0, tokenizer=None,
+                  without_rationale: str = "answer") -> tuple[list[Candidate], int]:
+    """GT-SFT: one kept candidate per question with a gold answer, the paper's fine-tune-on-ground-truth baseline.
 
     Args:
-        questions: Questions (those without rationale or gold answer are skipped and counted).
+        questions: Questions (those without a gold answer are skipped and counted).
         round: Round recorded on the candidates.
         tokenizer: When given, ``path_tokens`` is the path's length in its tokens; else 0.
+        without_rationale: A question without a rationale trains on its bare answer (``"answer"``, guideline id
+            ``answer``) or is skipped and counted (``"skip"``).
 
     Returns:
         The candidates (verdict CORRECT, kept) and the number of skipped questions.
     """
+    if without_rationale not in ("answer", "skip"):
+        raise ValueError(f"synthesis.gt_without_rationale={without_rationale!r}: choose 'answer' or 'skip'")
     candidates, skipped = [], 0
     for q in questions:
-        if not (q.rationale and q.rationale.strip()) or q.answer is None:
+        has_rationale = bool(q.rationale and q.rationale.strip())
+        if q.answer is None or (not has_rationale and without_rationale == "skip"):
             skipped += 1
             continue
         path = gt_path(q)
+        source = "rationale" if has_rationale else "answer"
         n_tokens = len(tokenizer(path, add_special_tokens=False)["input_ids"]) if tokenizer is not None else 0
         candidates.append(Candidate(question_id=q.id, task=q.task, method="gt", round=round,
-                                    guideline_id="rationale", path=path, answer=q.answer.strip(),
+                                    guideline_id=source, path=path, answer=q.answer.strip(),
                                     verdict=Verdict.CORRECT, kept=True, path_tokens=n_tokens,
-                                    meta={"guideline_ids": ["rationale"], "boxed": True}))
+                                    meta={"guideline_ids": [source], "boxed": True}))
     return candidates, skipped

@@ -60,6 +60,8 @@ class SynthesisConfig:
         dedup_threshold: Word-trigram Jaccard similarity from which a path counts as a duplicate of a kept
             one, in (0, 1]; None disables dedup.
         chunk_size: Questions per stage-major batch (one engine call per stage per chunk).
+        gt_without_rationale: GT-SFT only: a question without a dataset rationale trains on its bare answer
+            ("answer", the paper's fine-tune-on-ground-truth baseline) or is skipped and counted ("skip").
         seed: Base seed; every request's seed derives from it and the request's identity.
     """
 
@@ -85,6 +87,7 @@ class SynthesisConfig:
     max_paths_per_question: int | None = 5
     dedup_threshold: float | None = 0.9
     chunk_size: int = 64
+    gt_without_rationale: Literal["answer", "skip"] = "answer"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -226,8 +229,8 @@ def synthesize_round(engine: Engine | None, questions: list[Question], config: S
     candidates: list[Candidate] = []
     hint_questions: list[str] = []
     if config.method == "gt":
-        candidates, skipped["no_rationale"] = gt_candidates(
-            questions, round, engine.tokenizer if engine is not None else None)
+        candidates, skipped["no_target"] = gt_candidates(
+            questions, round, engine.tokenizer if engine is not None else None, config.gt_without_rationale)
     else:
         if engine is None:
             raise ValueError(f"synthesize_round: method={config.method!r} generates paths and needs an engine")

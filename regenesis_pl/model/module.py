@@ -146,6 +146,8 @@ class SFTModule(LightningModule):
         tokens = float(batch["attention_mask"].sum())
         self.log("train/tokens_per_s", tokens / max(now - self._tick, 1e-9), prog_bar=True,
                  batch_size=batch["input_ids"].shape[0])
+        # the epoch's training tokens, summed over steps and processes (a study compares arms by this budget)
+        self.log("train/tokens", tokens, reduce_fx="sum", on_step=False, on_epoch=True, sync_dist=True)
         self._tick = now
 
     def on_train_epoch_end(self) -> None:

@@ -1,0 +1,98 @@
+"""Read a study's finished runs back from disk: per-question outcomes and what each run spent.
+
+Only files the fits and evaluations already write are read (``eval/<round>_records.jsonl``, round summaries,
+the Lightning CSV metrics, the study markers); nothing is recomputed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from regenesis_pl.atomic import read_json
+from regenesis_pl.layout import RunLayout, StudyLayout
+
+
+@dataclass
+class RunResult:
+    """One finished arm x seed (or the base evaluation, seed None)."""
+
+    arm: str
+    seed: int | None
+    evaluation: str                                   # which evaluation was read, e.g. "round-0" or "base"
+    correct: dict[str, dict[str, bool]]               # task -> question id -> graded correct
+    parsed: dict[str, dict[str, bool]]                # task -> question id -> an answer was found
+    budget: dict[str, Any] = field(default_factory=dict)
+    guidelines: dict[str, dict[str, int]] = field(default_factory=dict)  # id -> candidates, accepted (pooled)
+
+
+def _records(path: Path) -> tuple[dict, dict]:
+    correct: dict[str, dict[str, bool]] = {}
+    parsed: dict[str, dict[str, bool]] = {}
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                raise ValueError(f"{path}:{number}: not a JSON line; delete the file to have the evaluation "
+                                 "written again") from None
+            if "question_id" not in record:  # e.g. the count of questions skipped without a gold answer
+                continue
+            correct.setdefault(record["task"], {})[str(record["question_id"])] = bool(record["correct"])
+            parsed.setdefault(record["task"], {})[str(record["question_id"])] = bool(record["parsed"])
+    return correct, parsed
+
+
+def training_tokens(run_dir: Path) -> int:
+    """Tokens the fit trained on (``train/tokens`` per epoch in the CSV logs; a resumed fit's repeated epochs
+    counted once)."""
+    per_epoch: dict[int, float] = {}
+    for path in sorted((run_dir / "logs").glob("version_*/metrics.csv")):
+        with open(path, encoding="utf-8", newline="") as fh:
+            for row in csv.DictReader(fh):
+                if row.get("train/tokens") and row.get("epoch"):
+                    per_epoch[int(float(row["epoch"]))] = float(row["train/tokens"])
+    return int(sum(per_epoch.values()))
+
+
+def read_fit(arm: str, seed: int, run_dir: Path) -> RunResult:
+    """The last round evaluation of a finished fit, and its budget pooled over its rounds."""
+    layout = RunLayout(run_dir)
+    evaluations = {k: path for k, path in layout.round_evaluations().items() if k >= 0}
+    if not evaluations:
+        raise ValueError(f"study: {run_dir} has no round evaluation; rerun the study to finish it")
+    last = evaluations[max(evaluations)]
+    correct, parsed = _records(layout.evaluation_records(last.stem))
+    budget = {"generated_tokens": 0, "prompt_tokens": 0, "kept": 0, "questions_solved": 0, "rounds": 0}
+    guidelines: dict[str, dict[str, int]] = {}
+    for path in layout.rounds_with_summary().values():
+        summary = read_json(path, "round summary")
+        tokens = summary.get("tokens") or {}
+        budget["generated_tokens"] += int(tokens.get("total_generated_tokens", 0))
+        budget["prompt_tokens"] += int(tokens.get("total_prompt_tokens", 0))
+        budget["kept"] += int(summary.get("kept", 0))
+        budget["questions_solved"] += int(summary.get("questions_solved", 0))
+        budget["rounds"] += 1
+        for gid, g in (summary.get("guidelines") or {}).items():
+            pooled = guidelines.setdefault(gid, {"candidates": 0, "accepted": 0})
+            pooled["candidates"] += int(g.get("candidates", 0))
+            pooled["accepted"] += int(g.get("accepted", 0))
+    budget["training_tokens"] = training_tokens(run_dir)
+    marker = read_json(StudyLayout.marker(run_dir), "study marker")
+    budget["wall_s"] = marker.get("seconds", 0.0)
+    budget["attempts"] = marker.get("attempts", 1)
+    return RunResult(arm, seed, last.stem, correct, parsed, budget, guidelines)
+
+
+def read_base(arm: str, run_dir: Path) -> RunResult:
+    """The base model's evaluation (``regenesis evaluate``'s records)."""
+    correct, parsed = _records(RunLayout(run_dir).standalone_eval("_records.jsonl"))
+    marker = read_json(StudyLayout.marker(run_dir), "study marker")
+    return RunResult(arm, None, "base", correct, parsed,
+                     {"generated_tokens": 0, "prompt_tokens": 0, "kept": 0, "questions_solved": 0, "rounds": 0,
+                      "training_tokens": 0, "wall_s": marker.get("seconds", 0.0), "attempts": marker.get("attempts", 1)})
