@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,3 +54,19 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except ValueError as err:
         raise ValueError(f"{what} {path} is not valid JSON ({err}); delete it to have it written again") from None
+
+
+def read_jsonl(path: str | os.PathLike, what: str = "file",
+               fix: str = "delete it to have it written again") -> Iterator[tuple[int, Any]]:
+    """Each JSON line of a file written by ``write_jsonl`` with its line number (blank lines skipped); a line
+    that is not JSON is a one-line ``ValueError`` naming the file and line and saying ``fix``."""
+    path = Path(path)
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except ValueError as err:
+                raise ValueError(f"{what} {path}:{number}: not JSON ({err}); {fix}") from None
+            yield number, value

@@ -31,9 +31,10 @@ A study directory (``regenesis study``) holds one ordinary run directory per arm
 
     <study_dir>/
       base/                       the base model's evaluation (a `regenesis evaluate` run directory)
-      <arm>/seed-<s>/             one fit: the run layout above, plus
+      <arm>/seed-<s>/             one fit: the run layout above, plus (also in base/)
         study_config.yaml         the fit's full configuration (rerun it by hand with `regenesis fit --config`)
         study.log                 the fit's console output
+        study_attempts.json       each attempt's start, process id and seconds so far (a killed one still counts)
         study_run.json            marker: the fit finished with this configuration (read back, never redone)
       study.json, report.md, plots/   the comparison
 """
@@ -174,6 +175,23 @@ class RunLayout:
     def checkpoints(self) -> Path:
         return self.root / "checkpoints"
 
+    # ------------------------------------------------------------------------------- `regenesis study`
+    @property
+    def study_config(self) -> Path:
+        return self.root / "study_config.yaml"
+
+    @property
+    def study_log(self) -> Path:
+        return self.root / "study.log"
+
+    @property
+    def study_attempts(self) -> Path:
+        return self.root / "study_attempts.json"
+
+    @property
+    def study_marker(self) -> Path:
+        return self.root / "study_run.json"
+
     # --------------------------------------------------------------------------- `regenesis evaluate`
     def standalone_eval(self, suffix: str) -> Path:
         """``eval.json``, ``eval.md`` or ``eval_records.jsonl`` of ``regenesis evaluate``."""
@@ -191,7 +209,8 @@ def _by_round(paths, name_of) -> dict[int, Path]:
 
 
 class StudyLayout:
-    """Paths of one study directory: a run directory per arm and seed, the base evaluation, the report."""
+    """Paths of one study directory: a run directory per arm and seed (each a ``RunLayout``), the base
+    evaluation, the report."""
 
     def __init__(self, study_dir: str | os.PathLike) -> None:
         self.root = Path(study_dir)
@@ -202,18 +221,6 @@ class StudyLayout:
     @property
     def base(self) -> Path:
         return self.root / "base"
-
-    @staticmethod
-    def config(run_dir: Path) -> Path:
-        return Path(run_dir) / "study_config.yaml"
-
-    @staticmethod
-    def log(run_dir: Path) -> Path:
-        return Path(run_dir) / "study.log"
-
-    @staticmethod
-    def marker(run_dir: Path) -> Path:
-        return Path(run_dir) / "study_run.json"
 
     @property
     def results(self) -> Path:

@@ -179,27 +179,25 @@ def _cli_kwargs() -> dict:
             "auto_configure_optimizers": False, "save_config_kwargs": {"overwrite": True}}
 
 
-def check_fit_config(args: list[str]):
-    """Parse fit arguments (e.g. ``["--config", "configs/smoke_cpu.yaml"]``) against the live classes and
-    return the namespace; nothing is instantiated. Bad keys or types exit with LightningCLI's error."""
-    with warnings.catch_warnings():  # LightningCLI warns when a process's own argv is also non-empty
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        return _ConfigCheck(**_cli_kwargs(), args=list(args), run=False).config
+def check_fit_config(args: list[str] | dict, where: str | None = None):
+    """Parse fit arguments (e.g. ``["--config", "configs/smoke_cpu.yaml"]``) or a whole fit configuration (a
+    dict, as a study composes one) against the live classes and return the namespace; nothing is instantiated.
 
-
-def check_fit_settings(config: dict, where: str) -> None:
-    """Parse a fit configuration given as a dict against the live classes (nothing is built); a bad key or
-    value is a one-line ValueError that starts with ``where``."""
+    Bad keys or types exit with LightningCLI's error, or, with ``where``, raise a one-line ValueError that
+    starts with ``where``."""
     seed_log = logging.getLogger("lightning.fabric.utilities.seed")  # "Seed set to ..." once per check
     level = seed_log.level
     seed_log.setLevel(logging.WARNING)
+    # a deep copy of a dict: the parser rewrites nested entries in place (class paths, defaults)
+    parsed = copy.deepcopy(args) if isinstance(args, dict) else list(args)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings():  # LightningCLI warns when a process's own argv is also non-empty
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-            # a deep copy: the parser rewrites nested entries in place (class paths, defaults)
-            _ConfigCheck(**_cli_kwargs(), args=copy.deepcopy(config), run=False,
-                         parser_kwargs={"exit_on_error": False})
+            return _ConfigCheck(**_cli_kwargs(), args=parsed, run=False,
+                                parser_kwargs={"exit_on_error": where is None}).config
     except (argparse.ArgumentError, ValueError, TypeError) as err:
+        if where is None:
+            raise
         raise ValueError(f"{where}: {' '.join(str(err).split())}") from None
     finally:
         seed_log.setLevel(level)
@@ -214,7 +212,7 @@ def check_study(fit: dict, arms: list, seeds: list[int] | None, study_dir: str) 
     checked = set()
     for run in plan_runs(fit, arms, [0, 1, 2] if seeds is None else seeds, study_dir):
         if run.arm not in checked:
-            check_fit_settings(run.config, f"study arm {run.arm!r}")
+            check_fit_config(run.config, f"study arm {run.arm!r}")
             checked.add(run.arm)
 
 

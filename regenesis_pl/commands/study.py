@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from regenesis_pl.atomic import read_json, write_text
-from regenesis_pl.layout import RunLayout, StudyLayout
+from regenesis_pl.layout import StudyLayout
 from regenesis_pl.study.plan import Arm, PlannedRun, base_evaluation, check_arms, plan_runs, task_groups
 from regenesis_pl.study.report import summarize, write_study_report
-from regenesis_pl.study.results import read_base, read_fit
+from regenesis_pl.study.results import last_round_evaluation, read_base, read_fit
 from regenesis_pl.study.runner import finished, run_base_evaluation, run_fit
 
 log = logging.getLogger("regenesis_pl.study")
@@ -27,7 +27,6 @@ def run_study(
     confidence: float = 0.95,
     report_only: bool = False,
     publish: str | None = None,
-    show_output: bool = False,
 ) -> dict[str, Any]:
     """Run every arm x seed as its own fit, evaluate the base model once, and compare them with intervals.
 
@@ -52,7 +51,8 @@ def run_study(
         confidence: Interval coverage.
         report_only: Write the report from the finished runs and run nothing.
         publish: Also write the report to this Markdown file (e.g. RESULTS.md), its plot beside it.
-        show_output: Show each fit's console output (else it goes to the run's ``study.log`` only).
+
+    The console gets one line per run event; each run's own output goes to its ``study.log``.
 
     Returns:
         Every number of the report (as in ``study.json``).
@@ -71,9 +71,9 @@ def run_study(
     if not report_only:
         total = len(runs) + (base_arm is not None)
         if base_arm is not None:
-            run_base_evaluation(layout.base, base_options, f"base model evaluation (1/{total})", show_output)
+            run_base_evaluation(layout.base, base_options, f"base model evaluation (1/{total})")
         for i, run in enumerate(runs, start=1 + (base_arm is not None)):
-            run_fit(run.run_dir, run.config, f"{run.arm} seed {run.seed} ({i}/{total})", show_output)
+            run_fit(run.run_dir, run.config, f"{run.arm} seed {run.seed} ({i}/{total})")
             _log_result(run)
             _report(layout, fit, arms, seeds, runs, base_arm, base_options, groups, reference, draws, confidence,
                     publish)
@@ -96,8 +96,7 @@ def _task_names(fit: dict[str, Any]) -> dict[str, list[str]]:
 
 
 def _log_result(run: PlannedRun) -> None:
-    evaluations = {k: p for k, p in RunLayout(run.run_dir).round_evaluations().items() if k >= 0}
-    last = read_json(evaluations[max(evaluations)], "evaluation")
+    last = read_json(last_round_evaluation(run.run_dir), "evaluation")
     ood = last.get("ood_mean")
     log.info("study: %s seed %d: in-domain %.1f%%%s after %s", run.arm, run.seed, 100 * last["in_domain_mean"],
              f", OOD {100 * ood:.1f}%" if ood is not None else "", last["name"])

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from regenesis_pl.atomic import read_jsonl
 from regenesis_pl.chat import sft_messages
 from regenesis_pl.method.records import Candidate
 from regenesis_pl.tasks.types import Question
@@ -63,22 +64,15 @@ def load_sft_records(path: str | os.PathLike) -> list[dict[str, Any]]:
     if not path.is_file():
         raise FileNotFoundError(f"SFT records: no file {path}; run `regenesis synthesize` first or fix the path")
     records = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except ValueError as err:
-                raise ValueError(f"SFT records {path}:{number}: not JSON ({err}); rewrite the file") from None
-            missing = [k for k in SFT_FIELDS if k not in rec]
-            if missing:
-                raise ValueError(f"SFT records {path}:{number}: missing fields {missing}; "
-                                 "expected records from regenesis_pl.data.sft_records")
-            messages = rec["messages"]
-            if not messages or messages[-1].get("role") != "assistant":
-                raise ValueError(f"SFT records {path}:{number}: messages must end with an assistant turn")
-            records.append(rec)
+    for number, rec in read_jsonl(path, "SFT records", "rewrite the file"):
+        missing = [k for k in SFT_FIELDS if k not in rec]
+        if missing:
+            raise ValueError(f"SFT records {path}:{number}: missing fields {missing}; "
+                             "expected records from regenesis_pl.data.sft_records")
+        messages = rec["messages"]
+        if not messages or messages[-1].get("role") != "assistant":
+            raise ValueError(f"SFT records {path}:{number}: messages must end with an assistant turn")
+        records.append(rec)
     return records
 
 

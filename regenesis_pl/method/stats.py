@@ -67,7 +67,7 @@ def round_stats(candidates: Sequence[Candidate], questions: Sequence[Question], 
         questions: The round's questions.
         ledger: The round's engine usage.
         hint_questions: Ids of the questions that went through the hint pass (none kept in the main pass).
-        skipped: Counted skips, e.g. ``{"selection_unparsed": 3, "no_rationale": 2}``.
+        skipped: Counted skips, e.g. ``{"selection_unparsed": 3, "no_target": 2}``.
     """
     kept_per_q = Counter(c.question_id for c in candidates if c.kept)
     hinted = set(hint_questions)

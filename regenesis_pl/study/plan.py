@@ -17,9 +17,11 @@ from typing import Any
 
 from regenesis_pl.layout import StudyLayout
 
-# keys an arm may not override: what makes the comparison fair, and what the study itself sets per run
-FIXED = ("evaluation", "trainer", "seed_everything", "data.train_task", "data.seed", "data.run_dir",
-         "data.synthesis.seed")
+# keys an arm may not override: what makes the comparison fair (the model and its training settings, the
+# training questions and epochs, the evaluation) and what the study itself sets per run. An arm changes its
+# method: ``data.synthesis``, ``data.rounds``, ``data.restart_from_base``, ``generation``.
+FIXED = ("model", "evaluation", "trainer", "seed_everything", "data.train_task", "data.epochs_per_round",
+         "data.max_length", "data.batch_size", "data.val_fraction", "data.seed", "data.run_dir", "data.synthesis.seed")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 
@@ -91,8 +93,8 @@ def check_arms(arms: list[Arm], seeds: list[int]) -> None:
         touched = [key for key in _dotted(arm.overrides) if key in FIXED]
         if touched:
             raise ValueError(f"study.arms[{arm.name}].overrides: {touched[0]} is shared by every arm (the same "
-                             "training questions, trainer and evaluation for all; seeds and run directories are set "
-                             "by the study); set it in study.fit instead")
+                             "model, training questions, training settings and evaluation for all; seeds and run "
+                             "directories are set by the study); set it in study.fit instead")
         if not arm.train and arm.overrides:
             raise ValueError(f"study.arms[{arm.name}]: an arm with train: false is the base model and takes no "
                              "overrides")
@@ -124,9 +126,10 @@ def plan_runs(fit: dict[str, Any], arms: list[Arm], seeds: list[int], study_dir:
 def base_evaluation(fit: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
     """The ``regenesis evaluate`` options that score the base model exactly as the fits score their rounds."""
     evaluation = fit.get("evaluation") or {}
-    tasks = list(evaluation.get("in_domain") or []) + list(evaluation.get("ood") or [])
-    if not tasks:
-        raise ValueError("study.fit.evaluation: give in_domain (and ood) tasks; every arm is scored on them")
+    if not evaluation.get("in_domain"):
+        raise ValueError("study.fit.evaluation.in_domain: give at least one task (and ood tasks); every arm is "
+                         "scored on them")
+    tasks = list(evaluation["in_domain"]) + list(evaluation.get("ood") or [])
     options = {"tasks": tasks, "model": (fit.get("model") or {}).get("model", "embedded"), "run_dir": str(run_dir)}
     if "max_tokens" in evaluation:
         options["max_tokens"] = evaluation["max_tokens"]

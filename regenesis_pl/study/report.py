@@ -37,8 +37,9 @@ def _outcomes(results: Sequence[RunResult], tasks: Sequence[str]) -> tuple[dict,
         correct[arm], parsed[arm] = {}, {}
         for task in tasks:
             where = f"study arm {arm!r}, task {task!r}"
-            correct[arm][task] = outcome_matrix([r.correct.get(task, {}) for r in runs], order[task], where)
-            parsed[arm][task] = outcome_matrix([r.parsed.get(task, {}) for r in runs], order[task], where)
+            labels = [f"seed {r.seed}" if r.seed is not None else "its evaluation" for r in runs]
+            correct[arm][task] = outcome_matrix([r.correct.get(task, {}) for r in runs], order[task], where, labels)
+            parsed[arm][task] = outcome_matrix([r.parsed.get(task, {}) for r in runs], order[task], where, labels)
     return correct, parsed
 
 
@@ -121,7 +122,7 @@ def _difference_lines(data: dict[str, Any], ref: str) -> list[str]:
 
 def _budget_lines(data: dict[str, Any]) -> list[str]:
     lines = [("| arm | generated tokens | prompt tokens | kept paths | questions solved | training tokens | "
-              "wall time (min) | attempts |"), "|---|---:|---:|---:|---:|---:|---:|---:|"]
+              "wall time (min) | attempts (all seeds) |"), "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for arm in data["finished_arms"]:
         b = data["budget"][arm]
         lines.append(f"| {arm} | {b['generated_tokens']:,.0f} | {b['prompt_tokens']:,.0f} | {b['kept']:.1f} | "
@@ -156,7 +157,9 @@ def _plot(data: dict[str, Any], path: Path) -> Path:
         est = [data["accuracy"][v][arm] for v in views]
         xs = np.arange(len(views)) + (i - (len(arms) - 1) / 2) * width
         means = np.array([100 * e["mean"] for e in est])
-        errors = np.array([[100 * (e["mean"] - e["low"]) for e in est], [100 * (e["high"] - e["mean"]) for e in est]])
+        # a percentile interval need not contain the mean; an error bar cannot be negative
+        errors = np.array([[max(0.0, 100 * (e["mean"] - e["low"])) for e in est],
+                           [max(0.0, 100 * (e["high"] - e["mean"])) for e in est]])
         ax.bar(xs, means, width, yerr=errors, capsize=3, label=arm)
     ax.set_xticks(np.arange(len(views)), [_view_label(v).strip("*") for v in views], rotation=20, ha="right",
                   fontsize=8)
@@ -185,7 +188,9 @@ def write_study_report(study_dir: str | Path, data: dict[str, Any], setup: list[
     sizes = ", ".join(f"{t} {n}" for t, n in data["questions"].items())
     lines += ["## Accuracy (%), mean over seeds", "",
               (f"Each cell: mean [{100 * conf:.0f}% interval]. Interval: {data['interval']['method']}, {draws} draws. "
-               f"Means over tasks weigh each task equally. Questions per task: {sizes}."), ""]
+               f"Means over tasks weigh each task equally. Questions per task: {sizes}. With two or three seeds the "
+               "seed level of the bootstrap can only draw among those few models, so it understates the spread "
+               "a new seed could show; read the intervals as a lower bound on the uncertainty."), ""]
     lines += _accuracy_lines(data)
     lines += ["", "## Parse rate (%), mean over seeds", "",
               "| arm | " + " | ".join(data["parse_rate"]) + " |", "|---|" + "---:|" * len(data["parse_rate"])]

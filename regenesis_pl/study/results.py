@@ -7,13 +7,13 @@ the Lightning CSV metrics, the study markers); nothing is recomputed.
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from regenesis_pl.atomic import read_json
-from regenesis_pl.layout import RunLayout, StudyLayout
+from regenesis_pl.atomic import read_json, read_jsonl
+from regenesis_pl.layout import RunLayout
+from regenesis_pl.report import load_round_stats
 
 
 @dataclass
@@ -29,22 +29,15 @@ class RunResult:
     guidelines: dict[str, dict[str, int]] = field(default_factory=dict)  # id -> candidates, accepted (pooled)
 
 
-def _records(path: Path) -> tuple[dict, dict]:
+def _records(path: Path, run_dir: Path) -> tuple[dict, dict]:
     correct: dict[str, dict[str, bool]] = {}
     parsed: dict[str, dict[str, bool]] = {}
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError:
-                raise ValueError(f"{path}:{number}: not a JSON line; delete the file to have the evaluation "
-                                 "written again") from None
-            if "question_id" not in record:  # e.g. the count of questions skipped without a gold answer
-                continue
-            correct.setdefault(record["task"], {})[str(record["question_id"])] = bool(record["correct"])
-            parsed.setdefault(record["task"], {})[str(record["question_id"])] = bool(record["parsed"])
+    fix = f"delete the run's folder ({run_dir}) and rerun the study to run it again"
+    for _, record in read_jsonl(path, "evaluation records", fix):
+        if "question_id" not in record:  # e.g. the count of questions skipped without a gold answer
+            continue
+        correct.setdefault(record["task"], {})[str(record["question_id"])] = bool(record["correct"])
+        parsed.setdefault(record["task"], {})[str(record["question_id"])] = bool(record["parsed"])
     return correct, parsed
 
 
@@ -52,7 +45,8 @@ def training_tokens(run_dir: Path) -> int:
     """Tokens the fit trained on (``train/tokens`` per epoch in the CSV logs; a resumed fit's repeated epochs
     counted once)."""
     per_epoch: dict[int, float] = {}
-    for path in sorted((run_dir / "logs").glob("version_*/metrics.csv")):
+    versions = sorted((run_dir / "logs").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name[8:]))
+    for path in versions:  # in version order: a resumed fit's later value of an epoch wins
         with open(path, encoding="utf-8", newline="") as fh:
             for row in csv.DictReader(fh):
                 if row.get("train/tokens") and row.get("epoch"):
@@ -60,18 +54,22 @@ def training_tokens(run_dir: Path) -> int:
     return int(sum(per_epoch.values()))
 
 
+def last_round_evaluation(run_dir: Path) -> Path:
+    """``eval/round-<k>.json`` of the fit's last evaluated round (a run that never finished one is an error)."""
+    evaluations = {k: path for k, path in RunLayout(run_dir).round_evaluations().items() if k >= 0}
+    if not evaluations:
+        raise ValueError(f"study: {run_dir} has no round evaluation; delete that folder and rerun the study")
+    return evaluations[max(evaluations)]
+
+
 def read_fit(arm: str, seed: int, run_dir: Path) -> RunResult:
     """The last round evaluation of a finished fit, and its budget pooled over its rounds."""
     layout = RunLayout(run_dir)
-    evaluations = {k: path for k, path in layout.round_evaluations().items() if k >= 0}
-    if not evaluations:
-        raise ValueError(f"study: {run_dir} has no round evaluation; rerun the study to finish it")
-    last = evaluations[max(evaluations)]
-    correct, parsed = _records(layout.evaluation_records(last.stem))
+    last = last_round_evaluation(run_dir)
+    correct, parsed = _records(layout.evaluation_records(last.stem), run_dir)
     budget = {"generated_tokens": 0, "prompt_tokens": 0, "kept": 0, "questions_solved": 0, "rounds": 0}
     guidelines: dict[str, dict[str, int]] = {}
-    for path in layout.rounds_with_summary().values():
-        summary = read_json(path, "round summary")
+    for summary in load_round_stats(run_dir).values():
         tokens = summary.get("tokens") or {}
         budget["generated_tokens"] += int(tokens.get("total_generated_tokens", 0))
         budget["prompt_tokens"] += int(tokens.get("total_prompt_tokens", 0))
@@ -83,7 +81,7 @@ def read_fit(arm: str, seed: int, run_dir: Path) -> RunResult:
             pooled["candidates"] += int(g.get("candidates", 0))
             pooled["accepted"] += int(g.get("accepted", 0))
     budget["training_tokens"] = training_tokens(run_dir)
-    marker = read_json(StudyLayout.marker(run_dir), "study marker")
+    marker = read_json(layout.study_marker, "study marker")
     budget["wall_s"] = marker.get("seconds", 0.0)
     budget["attempts"] = marker.get("attempts", 1)
     return RunResult(arm, seed, last.stem, correct, parsed, budget, guidelines)
@@ -91,8 +89,8 @@ def read_fit(arm: str, seed: int, run_dir: Path) -> RunResult:
 
 def read_base(arm: str, run_dir: Path) -> RunResult:
     """The base model's evaluation (``regenesis evaluate``'s records)."""
-    correct, parsed = _records(RunLayout(run_dir).standalone_eval("_records.jsonl"))
-    marker = read_json(StudyLayout.marker(run_dir), "study marker")
+    correct, parsed = _records(RunLayout(run_dir).standalone_eval("_records.jsonl"), run_dir)
+    marker = read_json(RunLayout(run_dir).study_marker, "study marker")
     return RunResult(arm, None, "base", correct, parsed,
                      {"generated_tokens": 0, "prompt_tokens": 0, "kept": 0, "questions_solved": 0, "rounds": 0,
                       "training_tokens": 0, "wall_s": marker.get("seconds", 0.0), "attempts": marker.get("attempts", 1)})

@@ -39,15 +39,18 @@ class Estimate:
         return {"mean": self.mean, "low": self.low, "high": self.high}
 
 
-def outcome_matrix(per_seed: Sequence[Mapping[str, bool]], question_ids: Sequence[str], where: str) -> np.ndarray:
+def outcome_matrix(per_seed: Sequence[Mapping[str, bool]], question_ids: Sequence[str], where: str,
+                   labels: Sequence[str] | None = None) -> np.ndarray:
     """Stack per-seed ``{question_id: correct}`` maps into a (seeds, questions) 0/1 array in ``question_ids``
-    order; a seed missing a question (or answering one not asked) is a one-line ValueError naming ``where``."""
+    order; a seed missing a question (or answering one not asked) is a one-line ValueError naming ``where``
+    and the seed's label (``labels``, e.g. "seed 2")."""
     rows = []
     for i, answers in enumerate(per_seed):
         missing = [q for q in question_ids if q not in answers]
         extra = sorted(set(answers) - set(question_ids))
         if missing or extra:
-            raise ValueError(f"{where}, seed #{i}: its evaluation has {len(missing)} question(s) missing and "
+            label = labels[i] if labels is not None else f"run #{i}"
+            raise ValueError(f"{where}, {label}: its evaluation has {len(missing)} question(s) missing and "
                              f"{len(extra)} extra against the others (e.g. {(missing or extra)[0]!r}); every arm must "
                              "be evaluated on the same questions, so rerun it with the study's evaluation settings")
         rows.append([1.0 if answers[q] else 0.0 for q in question_ids])
@@ -55,6 +58,8 @@ def outcome_matrix(per_seed: Sequence[Mapping[str, bool]], question_ids: Sequenc
 
 
 def _check(outcomes: Outcomes, tasks: Sequence[str]) -> None:
+    if not tasks or not outcomes:
+        raise ValueError(f"study statistics: nothing to compare ({len(outcomes)} arm(s), tasks {list(tasks)})")
     for task in tasks:
         sizes = {arm: by_task[task].shape[1] for arm, by_task in outcomes.items()}
         if len(set(sizes.values())) > 1:
