@@ -124,6 +124,7 @@ def test_report_from_hand_made_outcomes(tmp_path):
     assert "| regenesis | 2/2 | 62.5 [" in report
     assert "## Difference to regenesis" in report and "## Difference to base" in report
     assert json.loads((tmp_path / "study.json").read_text())["runs"] == data["runs"]
+    assert data["total_wall_s"] == 4 * 60.0 and "All finished runs together: 0.07 hours" in report
     assert (tmp_path / "plots" / "accuracy.png").stat().st_size > 0
 
 

@@ -92,6 +92,7 @@ def summarize(results: Sequence[RunResult], groups: dict[str, list[str]], arms: 
             "interval": {"method": "percentile bootstrap over questions (shared by all arms) and seeds (per arm)",
                          "draws": draws, "confidence": confidence},
             "accuracy": accuracy, "differences": differences, "parse_rate": parse_rate, "budget": budgets,
+            "total_wall_s": float(sum(r.budget.get("wall_s", 0.0) for r in subset)),
             "guidelines": guidelines}
 
 
@@ -205,6 +206,7 @@ def write_study_report(study_dir: str | Path, data: dict[str, Any], setup: list[
                "every training batch, over all epochs. Wall time: the whole fit (synthesis, training, evaluation), "
                "summed over attempts when a run was resumed."), ""]
     lines += _budget_lines(data)
+    lines += ["", f"All finished runs together: {data['total_wall_s'] / 3600:.2f} hours of wall time."]
     if data["guidelines"]:
         lines += ["", "## Guideline accept rates (pooled over seeds)", ""]
         lines += _guideline_lines(data)
