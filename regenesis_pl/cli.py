@@ -105,7 +105,7 @@ def _run(cfg) -> int:
 
         show_progress_messages()
         if not args.get("report_only"):
-            check_study(args["fit"], args["arms"], args.get("seeds"), args.get("study_dir", "runs/study"))
+            check_study(args["fit"], args["arms"], args["seeds"], args["study_dir"])
         try:
             run_study(**args)
         except StudyRunFailed as err:

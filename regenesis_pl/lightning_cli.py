@@ -210,7 +210,7 @@ def check_study(fit: dict, arms: list, seeds: list[int] | None, study_dir: str) 
     from regenesis_pl.study.plan import plan_runs
 
     checked = set()
-    for run in plan_runs(fit, arms, [0, 1, 2] if seeds is None else seeds, study_dir):
+    for run in plan_runs(fit, arms, seeds, study_dir):
         if run.arm not in checked:
             check_fit_config(run.config, f"study arm {run.arm!r}")
             checked.add(run.arm)

@@ -80,7 +80,9 @@ class EngineCallback(Callback):
         self.push_reason = ""
         self.engine = None
         self.served_adapter: str | None = None
-        self._served_as: str | None = None  # how this rank's engine holds the current weights
+        # what this rank's engine serves: (push number, how); a push that is served twice the same way loads once
+        self._pushes = 0
+        self._serving: tuple[int, str] | None = None
         self._pushed_key: tuple | None = None
         self._pushed_dirs: list[Path] = []
         self._awake = True
@@ -132,7 +134,7 @@ class EngineCallback(Callback):
         self._awake = True
         self._pushed_key = None
         self.served_adapter = None
-        self._served_as = None
+        self._serving = None
         log.info("engine: rank %d ready in %.1f s", trainer.global_rank, self.build_s)
         return self.engine
 
@@ -157,6 +159,7 @@ class EngineCallback(Callback):
             self._pushed_key = key
             return False, 0.0
         stage = str(getattr(trainer.state.fn, "value", trainer.state.fn))
+        self._pushes += 1
         choice = self._static_choice(pl_module)
         folder = weights = None
         if adapter_only:
@@ -166,11 +169,9 @@ class EngineCallback(Callback):
             weights = Path(pl_module.save_served_weights(self.layout.pushed(False, self._round, trainer.global_step,
                                                                             stage), self._engine_dtype(trainer)))
         trainer.strategy.barrier("regenesis-push")  # the folders are complete before any engine reads them
-        probed = choice is None and trainer.is_global_zero and self.engine is not None
         if choice is None:
             choice = self._measure(trainer, pl_module, folder, weights)
-        if not (probed and choice == "merged"):  # rank 0's probe ended serving this push merged: no second reload
-            self._serve(pl_module, choice, folder, weights)
+        self._serve(pl_module, choice, folder, weights)
         if weights is not None:
             trainer.strategy.barrier("regenesis-loaded")  # every engine read it before an old folder goes
             if trainer.is_global_zero:
@@ -214,14 +215,18 @@ class EngineCallback(Callback):
         return self.push_choice
 
     def _serve(self, pl_module, choice: str, folder: Path | None, weights: Path | None) -> None:
-        """Make this rank's engine serve the pushed weights the chosen way."""
+        """Make this rank's engine serve the pushed weights the chosen way; nothing to do when it already does
+        (``auto``'s probe on rank 0 ends serving the push merged)."""
         from regenesis_pl.engines.fingerprint import weights_fingerprint
         from regenesis_pl.model_source import resolve_model
 
+        if self._serving == (self._pushes, choice):
+            return
         engine = self.engine
         if engine is not None:
             if choice == "adapter":
-                if self._served_as == "merged":  # the merged weights go; the adapter applies to the base again
+                if self._serving is not None and self._serving[1] == "merged":
+                    # the merged weights go; the adapter applies to the base again
                     engine.load_weights(resolve_model(self.model_name(pl_module)))
                 engine.set_adapter(str(folder))
             elif choice == "merged":  # the same weights as the adapter path, so the same weights id
@@ -230,7 +235,7 @@ class EngineCallback(Callback):
                                                                       str(folder)))
             else:
                 engine.load_weights(str(weights))
-        self._served_as = choice
+        self._serving = (self._pushes, choice)
 
     def _retire(self, newest: Path) -> None:
         self._pushed_dirs.append(newest)
@@ -390,7 +395,7 @@ class EngineCallback(Callback):
         engine, self.engine = self.engine, None
         self._pushed_key = None
         self.served_adapter = None
-        self._served_as = None
+        self._serving = None
         if engine is not None:
             engine.close()
 

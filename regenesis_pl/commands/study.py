@@ -9,7 +9,7 @@ from typing import Any
 
 from regenesis_pl.atomic import read_json, write_text
 from regenesis_pl.layout import StudyLayout
-from regenesis_pl.study.plan import Arm, PlannedRun, base_evaluation, check_arms, plan_runs, task_groups
+from regenesis_pl.study.plan import Arm, PlannedRun, base_evaluation, plan_runs, study_seeds, task_groups
 from regenesis_pl.study.report import summarize, write_study_report
 from regenesis_pl.study.results import last_round_evaluation, read_base, read_fit
 from regenesis_pl.study.runner import finished, run_base_evaluation, run_fit
@@ -57,10 +57,9 @@ def run_study(
     Returns:
         Every number of the report (as in ``study.json``).
     """
-    seeds = [0, 1, 2] if seeds is None else list(seeds)
+    seeds = study_seeds(seeds)
     if draws < 100 or not 0.5 <= confidence < 1:
         raise ValueError(f"study: draws={draws} must be >= 100 and confidence={confidence} in [0.5, 1)")
-    check_arms(arms, seeds)
     layout = StudyLayout(study_dir)
     runs = plan_runs(fit, arms, seeds, study_dir)
     base_arm = next((arm.name for arm in arms if not arm.train), None)
@@ -68,17 +67,21 @@ def run_study(
     groups = _task_names(fit)
     if reference is not None and reference not in {arm.name for arm in arms}:
         raise ValueError(f"study.reference={reference!r} is not an arm; choose one of {[a.name for a in arms]} or null")
+
+    def report() -> dict[str, Any]:
+        return _report(layout, fit, arms, seeds, runs, base_arm, base_options, groups, reference, draws, confidence,
+                       publish)
+
+    data = None  # the report after the last run that ran now (a run read back changes nothing)
     if not report_only:
         total = len(runs) + (base_arm is not None)
         if base_arm is not None:
             run_base_evaluation(layout.base, base_options, f"base model evaluation (1/{total})")
         for i, run in enumerate(runs, start=1 + (base_arm is not None)):
-            run_fit(run.run_dir, run.config, f"{run.arm} seed {run.seed} ({i}/{total})")
-            _log_result(run)
-            _report(layout, fit, arms, seeds, runs, base_arm, base_options, groups, reference, draws, confidence,
-                    publish)
-    return _report(layout, fit, arms, seeds, runs, base_arm, base_options, groups, reference, draws, confidence,
-                   publish)
+            if run_fit(run.run_dir, run.config, f"{run.arm} seed {run.seed} ({i}/{total})"):
+                _log_result(run)
+                data = report()
+    return data if data is not None else report()
 
 
 def _task_names(fit: dict[str, Any]) -> dict[str, list[str]]:

@@ -57,6 +57,7 @@ def probe(engine, max_tokens: int = 48) -> Probe:
 
 
 def check_mode(mode: str) -> None:
+    """A `generation.push` value that is not a push mode is a one-line error."""
     if mode not in PUSH_MODES:
         raise ValueError(f"generation.push={mode!r} is unknown; use one of {', '.join(PUSH_MODES)}")
 

@@ -23,6 +23,7 @@ from regenesis_pl.layout import StudyLayout
 FIXED = ("model", "evaluation", "trainer", "seed_everything", "data.train_task", "data.epochs_per_round",
          "data.max_length", "data.batch_size", "data.val_fraction", "data.seed", "data.run_dir", "data.synthesis.seed")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+DEFAULT_SEEDS = (0, 1, 2)  # the paper's Figure 3 uses three seeds
 
 
 @dataclass
@@ -100,9 +101,15 @@ def check_arms(arms: list[Arm], seeds: list[int]) -> None:
                              "overrides")
 
 
-def plan_runs(fit: dict[str, Any], arms: list[Arm], seeds: list[int], study_dir: str | Path) -> list[PlannedRun]:
+def study_seeds(seeds: list[int] | None) -> list[int]:
+    """The seeds a study runs: the given ones, or ``DEFAULT_SEEDS``."""
+    return list(DEFAULT_SEEDS if seeds is None else seeds)
+
+
+def plan_runs(fit: dict[str, Any], arms: list[Arm], seeds: list[int] | None, study_dir: str | Path) -> list[PlannedRun]:
     """Every trained arm x seed, seed-major (all arms of seed 0 first, so a study cut short still compares
-    every arm on its first seeds)."""
+    every arm on its first seeds); the arms and seeds are checked first (``check_arms``)."""
+    seeds = study_seeds(seeds)
     check_arms(arms, seeds)
     layout = StudyLayout(study_dir)
     runs = []
@@ -125,12 +132,12 @@ def plan_runs(fit: dict[str, Any], arms: list[Arm], seeds: list[int], study_dir:
 
 def base_evaluation(fit: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
     """The ``regenesis evaluate`` options that score the base model exactly as the fits score their rounds."""
-    evaluation = fit.get("evaluation") or {}
-    if not evaluation.get("in_domain"):
+    groups = task_groups(fit)
+    if not groups["in_domain"]:
         raise ValueError("study.fit.evaluation.in_domain: give at least one task (and ood tasks); every arm is "
                          "scored on them")
-    tasks = list(evaluation["in_domain"]) + list(evaluation.get("ood") or [])
-    options = {"tasks": tasks, "model": (fit.get("model") or {}).get("model", "embedded"), "run_dir": str(run_dir)}
+    evaluation = fit.get("evaluation") or {}
+    options = {"tasks": groups["in_domain"] + groups["ood"], "model": (fit.get("model") or {}).get("model", "embedded"), "run_dir": str(run_dir)}
     if "max_tokens" in evaluation:
         options["max_tokens"] = evaluation["max_tokens"]
     engine = (fit.get("generation") or {}).get("engine")

@@ -15,8 +15,8 @@ import numpy as np
 
 from regenesis_pl.atomic import write_json, write_text
 from regenesis_pl.layout import StudyLayout
-from regenesis_pl.study.results import RunResult
-from regenesis_pl.study.stats import Estimate, accuracy_intervals, outcome_matrix, paired_differences
+from regenesis_pl.study.results import RunResult, pool_guidelines
+from regenesis_pl.study.stats import Estimate, compare, outcome_matrix
 
 BUDGET_KEYS = ("generated_tokens", "prompt_tokens", "kept", "questions_solved", "training_tokens", "wall_s")
 
@@ -43,9 +43,7 @@ def _outcomes(results: Sequence[RunResult], tasks: Sequence[str]) -> tuple[dict,
     return correct, parsed
 
 
-def _cell(e: Estimate | None, signed: bool = False) -> str:
-    if e is None:
-        return "-"
+def _cell(e: Estimate, signed: bool = False) -> str:
     fmt = "{:+.1f}" if signed else "{:.1f}"
     return f"{fmt.format(100 * e.mean)} [{fmt.format(100 * e.low)}, {fmt.format(100 * e.high)}]"
 
@@ -61,14 +59,14 @@ def summarize(results: Sequence[RunResult], groups: dict[str, list[str]], arms: 
     views = {**{t: [t] for t in tasks}, "in_domain_mean": groups["in_domain"]}
     if groups["ood"]:
         views["ood_mean"] = groups["ood"]
-    accuracy = {view: {a: e.as_dict() for a, e in accuracy_intervals(correct, ts, draws, confidence).items()}
-                for view, ts in views.items()}
-    differences = {}
-    for ref in (reference, base):
-        if ref in present:
-            differences[ref] = {view: {a: e.as_dict() for a, e in
-                                       paired_differences(correct, ts, ref, draws, confidence).items()}
-                                for view, ts in views.items()}
+    references = [ref for ref in (reference, base) if ref in present]
+    accuracy: dict[str, dict] = {}
+    differences: dict[str, dict] = {ref: {} for ref in references}
+    for view, ts in views.items():  # one bootstrap per view serves the accuracies and every difference
+        each, diffs = compare(correct, ts, references, draws, confidence)
+        accuracy[view] = {a: e.as_dict() for a, e in each.items()}
+        for ref in references:
+            differences[ref][view] = {a: e.as_dict() for a, e in diffs[ref].items()}
     parse_rate = {t: {a: float(parsed[a][t].mean()) for a in present} for t in tasks}
     budgets, guidelines, seeds, finished = {}, {}, {}, {}
     for arm in present:
@@ -79,10 +77,7 @@ def summarize(results: Sequence[RunResult], groups: dict[str, list[str]], arms: 
         budgets[arm]["attempts"] = int(sum(r.budget.get("attempts", 1) for r in runs))
         pooled: dict[str, dict[str, int]] = {}
         for r in runs:
-            for gid, g in r.guidelines.items():
-                p = pooled.setdefault(gid, {"candidates": 0, "accepted": 0})
-                p["candidates"] += g["candidates"]
-                p["accepted"] += g["accepted"]
+            pool_guidelines(pooled, r.guidelines)
         if len(pooled) > 1:  # a baseline's single source (few-shot prompt, dataset rationale) says nothing here
             guidelines[arm] = {gid: {**g, "accept_rate": g["accepted"] / g["candidates"] if g["candidates"] else None}
                                for gid, g in sorted(pooled.items())}

@@ -67,7 +67,7 @@ def read_fit(arm: str, seed: int, run_dir: Path) -> RunResult:
     layout = RunLayout(run_dir)
     last = last_round_evaluation(run_dir)
     correct, parsed = _records(layout.evaluation_records(last.stem), run_dir)
-    budget = {"generated_tokens": 0, "prompt_tokens": 0, "kept": 0, "questions_solved": 0, "rounds": 0}
+    budget = _budget(run_dir)
     guidelines: dict[str, dict[str, int]] = {}
     for summary in load_round_stats(run_dir).values():
         tokens = summary.get("tokens") or {}
@@ -76,21 +76,28 @@ def read_fit(arm: str, seed: int, run_dir: Path) -> RunResult:
         budget["kept"] += int(summary.get("kept", 0))
         budget["questions_solved"] += int(summary.get("questions_solved", 0))
         budget["rounds"] += 1
-        for gid, g in (summary.get("guidelines") or {}).items():
-            pooled = guidelines.setdefault(gid, {"candidates": 0, "accepted": 0})
-            pooled["candidates"] += int(g.get("candidates", 0))
-            pooled["accepted"] += int(g.get("accepted", 0))
+        pool_guidelines(guidelines, summary.get("guidelines") or {})
     budget["training_tokens"] = training_tokens(run_dir)
-    marker = read_json(layout.study_marker, "study marker")
-    budget["wall_s"] = marker.get("seconds", 0.0)
-    budget["attempts"] = marker.get("attempts", 1)
     return RunResult(arm, seed, last.stem, correct, parsed, budget, guidelines)
 
 
 def read_base(arm: str, run_dir: Path) -> RunResult:
     """The base model's evaluation (``regenesis evaluate``'s records)."""
     correct, parsed = _records(RunLayout(run_dir).standalone_eval("_records.jsonl"), run_dir)
+    return RunResult(arm, None, "base", correct, parsed, _budget(run_dir))
+
+
+def _budget(run_dir: Path) -> dict[str, Any]:
+    """A run's spend with nothing counted yet but its wall time and attempts (from its study marker)."""
     marker = read_json(RunLayout(run_dir).study_marker, "study marker")
-    return RunResult(arm, None, "base", correct, parsed,
-                     {"generated_tokens": 0, "prompt_tokens": 0, "kept": 0, "questions_solved": 0, "rounds": 0,
-                      "training_tokens": 0, "wall_s": marker.get("seconds", 0.0), "attempts": marker.get("attempts", 1)})
+    return {"generated_tokens": 0, "prompt_tokens": 0, "kept": 0, "questions_solved": 0, "rounds": 0,
+            "training_tokens": 0, "wall_s": marker.get("seconds", 0.0), "attempts": marker.get("attempts", 1)}
+
+
+def pool_guidelines(into: dict[str, dict[str, int]], stats: dict[str, dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Add per-guideline candidate and accept counts (a round summary's ``guidelines``, or a run's) into ``into``."""
+    for gid, g in stats.items():
+        pooled = into.setdefault(gid, {"candidates": 0, "accepted": 0})
+        pooled["candidates"] += int(g.get("candidates", 0))
+        pooled["accepted"] += int(g.get("accepted", 0))
+    return into

@@ -95,18 +95,17 @@ def finished(run_dir: Path, config: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def run_command(argv: list[str], run_dir: Path, config: dict[str, Any], what: str,
-                complete: Callable[[], str | None] | None = None) -> dict:
+                complete: Callable[[], str | None] | None = None) -> bool:
     """Run ``argv`` (a ``regenesis`` sub-command) for one study run unless it already finished; its output goes to
     the run's ``study.log``. ``complete`` says what is missing after a clean exit (None: nothing), and the run is
-    marked finished only when nothing is. Returns the run's marker.
+    marked finished only when nothing is. Returns True when it ran now, False when it had finished earlier.
 
     Raises:
         StudyRunFailed: the command exited with an error or left its results incomplete.
     """
-    done = finished(run_dir, config)
-    if done is not None:
+    if finished(run_dir, config) is not None:
         log.info("study: %s: finished earlier, read back (%s)", what, run_dir)
-        return done
+        return False
     layout = RunLayout(run_dir)
     make_dir(run_dir, "study run directory")
     write_text(layout.study_config, yaml.safe_dump(config, sort_keys=False))
@@ -141,11 +140,11 @@ def run_command(argv: list[str], run_dir: Path, config: dict[str, Any], what: st
             "seconds": round(sum(a["seconds"] for a in attempts), 1), "finished": time.time()}
     write_json(layout.study_marker, done)
     log.info("study: %s: done in %.0f s", what, done["seconds"])
-    return done
+    return True
 
 
-def run_fit(run_dir: Path, config: dict[str, Any], what: str) -> dict:
-    """One arm x seed: ``regenesis fit`` on its saved configuration until it has finished."""
+def run_fit(run_dir: Path, config: dict[str, Any], what: str) -> bool:
+    """One arm x seed: ``regenesis fit`` on its saved configuration until it has finished (True: it ran now)."""
     layout = RunLayout(run_dir)
     argv = [sys.executable, "-m", "regenesis_pl.cli", "fit", "--config", str(layout.study_config),
             "--ckpt_path", "last"]
@@ -157,8 +156,8 @@ def run_fit(run_dir: Path, config: dict[str, Any], what: str) -> dict:
     return run_command(argv, run_dir, config, what, complete)
 
 
-def run_base_evaluation(run_dir: Path, options: dict[str, Any], what: str = "base model evaluation") -> dict:
-    """The base model's evaluation (``regenesis evaluate``), once for the whole study."""
+def run_base_evaluation(run_dir: Path, options: dict[str, Any], what: str = "base model evaluation") -> bool:
+    """The base model's evaluation (``regenesis evaluate``), once for the whole study (True: it ran now)."""
     layout = RunLayout(run_dir)
     argv = [sys.executable, "-m", "regenesis_pl.cli", "evaluate", "--config", str(layout.study_config)]
 

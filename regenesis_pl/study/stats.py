@@ -100,30 +100,42 @@ def _interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def accuracy_intervals(outcomes: Outcomes, tasks: Sequence[str], draws: int = 2000, confidence: float = 0.95,
-                       seed: int = 0) -> dict[str, Estimate]:
-    """Per arm: the mean accuracy over ``tasks`` (each task weighs the same, seeds averaged) with its interval.
+def compare(outcomes: Outcomes, tasks: Sequence[str], references: Sequence[str] = (), draws: int = 2000,
+            confidence: float = 0.95, seed: int = 0) -> tuple[dict[str, Estimate], dict[str, dict[str, Estimate]]]:
+    """Every arm's mean accuracy over ``tasks`` (each task weighs the same, seeds averaged) with its interval, and
+    per reference arm every other arm's difference to it, paired over questions; one set of replicates serves all.
 
     Args:
         outcomes: Arm -> task -> (seeds, questions) 0/1 array.
         tasks: The tasks to average (one task for a per-task figure, the OOD tasks for the OOD mean, ...).
+        references: Arms to compare every other arm with.
         draws: Bootstrap replicates.
         confidence: Interval coverage, e.g. 0.95.
         seed: Seed of the resampling (the same seed gives the same intervals).
+
+    Returns:
+        ``(accuracy by arm, {reference: difference by arm}``).
     """
+    for reference in references:
+        if reference not in outcomes:
+            raise ValueError(f"paired_differences: reference arm {reference!r} is not among {sorted(outcomes)}")
     _check(outcomes, tasks)
     reps = _replicates(outcomes, tasks, draws, seed)
-    return {arm: Estimate(_point(outcomes, arm, tasks), *_interval(reps[arm], confidence)) for arm in outcomes}
+    points = {arm: _point(outcomes, arm, tasks) for arm in outcomes}
+    accuracy = {arm: Estimate(points[arm], *_interval(reps[arm], confidence)) for arm in outcomes}
+    differences = {ref: {arm: Estimate(points[arm] - points[ref], *_interval(reps[arm] - reps[ref], confidence))
+                         for arm in outcomes if arm != ref} for ref in references}
+    return accuracy, differences
+
+
+def accuracy_intervals(outcomes: Outcomes, tasks: Sequence[str], draws: int = 2000, confidence: float = 0.95,
+                       seed: int = 0) -> dict[str, Estimate]:
+    """Per arm: the mean accuracy over ``tasks`` with its interval (``compare`` without references)."""
+    return compare(outcomes, tasks, (), draws, confidence, seed)[0]
 
 
 def paired_differences(outcomes: Outcomes, tasks: Sequence[str], reference: str, draws: int = 2000,
                        confidence: float = 0.95, seed: int = 0) -> dict[str, Estimate]:
     """Per arm other than ``reference``: its mean accuracy over ``tasks`` minus the reference's, with an interval
     paired over questions (both arms scored on the same drawn questions in every replicate)."""
-    if reference not in outcomes:
-        raise ValueError(f"paired_differences: reference arm {reference!r} is not among {sorted(outcomes)}")
-    _check(outcomes, tasks)
-    reps = _replicates(outcomes, tasks, draws, seed)
-    ref_point = _point(outcomes, reference, tasks)
-    return {arm: Estimate(_point(outcomes, arm, tasks) - ref_point, *_interval(reps[arm] - reps[reference], confidence))
-            for arm in outcomes if arm != reference}
+    return compare(outcomes, tasks, (reference,), draws, confidence, seed)[1][reference]
