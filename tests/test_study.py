@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -77,10 +78,11 @@ def test_study_survives_a_kill_mid_arm_and_redoes_nothing(tmp_path):
             lines.append(line)
             if "star seed 0 (3/5): started" in line:
                 break
-        while not list((star0 / "checkpoints").glob("epoch=0-*.ckpt")) and time.monotonic() < deadline:
+        last = star0 / "checkpoints" / "last.ckpt"  # what --ckpt_path last resumes from, complete (a whole zip)
+        while not (last.is_file() and zipfile.is_zipfile(last)) and time.monotonic() < deadline:
             assert proc.poll() is None, "".join(lines)[-3000:]
             time.sleep(0.2)
-        assert list((star0 / "checkpoints").glob("epoch=0-*.ckpt")), "".join(lines)[-3000:]
+        assert last.is_file() and zipfile.is_zipfile(last), "".join(lines)[-3000:]
         assert not (star0 / "eval" / "round-0.json").exists(), "killed too late: the arm had already finished"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
