@@ -381,6 +381,38 @@ def test_vllm_merged_push_gives_the_adapters_greedy_texts(vllm_engine, vllm_gree
     assert texts(vllm_engine.generate(CONVERSATIONS, GREEDY)) == texts(vllm_greedy)
 
 
+@pytest.fixture(scope="module")
+def mistral_layout_dir(model_dir, tmp_path_factory):
+    """The embedded model laid out like Mistral's releases on the hub: the Hugging Face files plus Mistral's own
+    formats beside them (``params.json``, ``tokenizer.model.v3``, ``consolidated.safetensors``) and the index
+    that names the Hugging Face weight files. Mistral's files here are decoys a loader must not read."""
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path_factory.mktemp("mistral_layout")
+    for item in Path(model_dir).iterdir():
+        (folder / item.name).symlink_to(item)
+    state = load_file(str(Path(model_dir) / "model.safetensors"))
+    save_file({f"layers.{i}.decoy": v.flatten()[:8].clone() for i, v in enumerate(state.values())},
+              str(folder / "consolidated.safetensors"), metadata={"format": "pt"})
+    (folder / "params.json").write_text(json.dumps({"dim": 1, "n_layers": 1, "vocab_size": 7}))
+    (folder / "tokenizer.model.v3").write_bytes(b"not a tokenizer")
+    index = {"metadata": {}, "weight_map": {name: "model.safetensors" for name in state}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_vllm_reads_the_hugging_face_files_of_a_mistral_layout(vllm_greedy, mistral_layout_dir):
+    """vLLM on "auto" would read Mistral's config, tokenizer and consolidated weights where a folder has them;
+    the engine reads the same Hugging Face files as the trainer, so it answers like the plain folder."""
+    engine = build_engine(EngineConfig(backend="vllm", max_lora_rank=8, kv_cache_gb=1), str(mistral_layout_dir))
+    try:
+        assert texts(engine.generate(CONVERSATIONS, GREEDY)) == texts(vllm_greedy)
+    finally:
+        engine.close()
+
+
 def _engine_processes(pids: set[int]) -> list[str]:
     """Engine processes (by pid) still alive or unreaped; Python's shared resource tracker is not one."""
     import psutil

@@ -125,7 +125,12 @@ class VLLMEngine:
                   "max_model_len": config.max_model_len, "seed": config.seed, "enable_prefix_caching": True,
                   "trust_remote_code": config.trust_remote_code, "worker_extension_cls": WORKER_EXTENSION,
                   "tensor_parallel_size": config.tensor_parallel_size,
-                  "use_tqdm_on_load": False}  # weight reloads happen every push: no loading bars on the console
+                  "use_tqdm_on_load": False,  # weight reloads happen every push: no loading bars on the console
+                  # The trainer reads the Hugging Face files (config.json, tokenizer.json, model*.safetensors);
+                  # the engine must read the same ones. Left on "auto", vLLM picks Mistral's own formats
+                  # (params.json, tekken/tokenizer.model.v*, consolidated.safetensors) where a folder also has
+                  # them, as Mistral's releases do. Safetensors only: no pickle is ever loaded.
+                  "tokenizer_mode": "hf", "config_format": "hf", "load_format": "safetensors"}
         if enable_lora:
             kwargs.update(enable_lora=True, max_lora_rank=config.max_lora_rank, max_loras=config.max_loras)
         if self.on_cpu:
