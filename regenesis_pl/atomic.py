@@ -10,26 +10,31 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 
-def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (parent folders are created). Returns the path."""
+def write_with(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Atomically create ``path`` with ``write(tmp)``, a function that writes a whole file at the temporary path
+    it is given (for writers that take a file name, such as ``safetensors.torch.save_file``). Returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")  # unique per writer
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
+        write(tmp)
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (parent folders are created). Returns the path."""
+    return write_with(path, lambda tmp: tmp.write_bytes(data))
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

@@ -127,6 +127,11 @@ class RunLayout:
         name = round_name(k, step) if stage == "fit" and k is not None else stage
         return self.root / ("adapters" if adapter else "weights") / name
 
+    @property
+    def served_base(self) -> Path:
+        """QLoRA: the 4-bit base the adapter trains against, dequantized for the engines (written once per run)."""
+        return self.root / "weights" / "base-nf4"
+
     # -------------------------------------------------------------------------------------- evaluation
     @property
     def eval_dir(self) -> Path:

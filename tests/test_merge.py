@@ -79,10 +79,11 @@ def test_push_choice_before_and_after_measuring():
     assert static_choice("adapter", "lora", None)[0] == "adapter"
     assert static_choice("merged", "lora", None)[0] == "merged"
     assert static_choice("auto", "lora", None)[0] is None  # auto measures
-    choice, reason = static_choice("auto", "qlora", "QLoRA trains against a 4-bit base")
-    assert choice == "adapter" and "4-bit" in reason
-    with pytest.raises(ValueError, match="push=merged.*4-bit.*push: adapter"):
-        static_choice("merged", "qlora", "QLoRA trains against a 4-bit base")
+    assert static_choice("auto", "qlora", None)[0] is None  # a QLoRA adapter folds into its dequantized base
+    choice, reason = static_choice("auto", "lora", "LoRA layer x is DoRA")
+    assert choice == "adapter" and "DoRA" in reason
+    with pytest.raises(ValueError, match="push=merged.*DoRA.*push: adapter"):
+        static_choice("merged", "lora", "LoRA layer x is DoRA")
     with pytest.raises(ValueError, match="push='fast' is unknown"):
         static_choice("fast", "lora", None)
 
@@ -100,5 +101,4 @@ def test_push_settings_that_would_fail_at_the_first_push_are_refused_up_front():
     check_push_settings("adapter", "transformers", "lora", 64, 16)  # peft serves any rank
     with pytest.raises(ValueError, match=r"lora_r=64 > generation.engine.max_lora_rank=16.*raise max_lora_rank"):
         check_push_settings("auto", "vllm", "lora", 64, 16)
-    with pytest.raises(ValueError, match="push=merged.*4-bit"):
-        check_push_settings("merged", "vllm", "qlora", 16, 64)
+    check_push_settings("merged", "vllm", "qlora", 64, 16)  # folded into the dequantized 4-bit base

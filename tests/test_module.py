@@ -237,6 +237,45 @@ def test_qlora_trains_on_cpu_with_adapter_only_checkpoint(tmp_path: Path):
 
 
 @pytest.mark.slow
+def test_qlora_serves_the_weights_it_trains_against(tmp_path: Path):
+    """What an engine is given for a QLoRA model computes what the model trains with: the dequantized 4-bit base
+    plus the adapter gives the very logits of the training forward, the adapter folded into that base the same
+    up to rounding; the original unquantized base plus the adapter is far off (the 4-bit quantization error)."""
+    pytest.importorskip("bitsandbytes")
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from regenesis_pl.model_source import resolve_model
+
+    module = SFTModule(mode="qlora", lr=2e-3, lora_dropout=0.0)
+    trainer(2, tmp_path).fit(module, loader(module, n=2))
+    module.save_served_weights(tmp_path / "base", torch.float32, base_only=True)
+    module.save_served_weights(tmp_path / "merged", torch.float32)
+    module.save_adapter(tmp_path / "adapter")
+
+    def dense(folder: Path | None = None):
+        net = AutoModelForCausalLM.from_pretrained(resolve_model("embedded"), dtype=torch.float32)
+        if folder is not None:
+            missing, unexpected = net.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
+            assert missing == ["lm_head.weight"] and not unexpected  # the tied head is left out
+        return net.eval()
+
+    batch = next(iter(loader(module, n=2)))
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    real = batch["attention_mask"].bool()
+    module.train()  # (dropout 0) an inference forward on a CPU runs bitsandbytes' bf16 kernel instead
+    with torch.no_grad():
+        trained = module.model(**inputs).logits[real]
+        served = PeftModel.from_pretrained(dense(tmp_path / "base"), str(tmp_path / "adapter")).eval()(**inputs)
+        merged = dense(tmp_path / "merged")(**inputs).logits[real]
+        original = PeftModel.from_pretrained(dense(), str(tmp_path / "adapter")).eval()(**inputs).logits[real]
+    torch.testing.assert_close(served.logits[real], trained, rtol=0, atol=1e-5)
+    torch.testing.assert_close(merged, trained, rtol=0, atol=1e-3)
+    assert float((original - trained).abs().max()) > 1.0
+
+
+@pytest.mark.slow
 def test_full_finetuning_steps_and_exports_full_weights(tmp_path: Path):
     module = SFTModule(mode="full", lr=1e-5, warmup_ratio=0.0)
     losses = Losses()

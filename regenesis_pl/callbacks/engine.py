@@ -2,20 +2,10 @@
 
 Every rank builds its own engine on its own device (one vLLM per GPU; with ``engine.tensor_parallel_size``
 g > 1, the first rank of each group of g runs one engine over the group's GPUs), lazily, at the first
-synthesis or evaluation. Before each use the current training weights are pushed into every engine:
-
-- LoRA / QLoRA: rank 0 writes the adapter to ``<run_dir>/adapters/round-<k>-step-<s>``. With ``push: adapter``
-  every engine serves that folder as a new LoRA request; with ``push: merged`` the adapter is also folded into
-  a copy of the base in the engine's dtype (``<run_dir>/weights/round-<k>-step-<s>``), which every engine loads
-  in place and decodes at the base model's speed; ``auto`` measures both once per run (``engines.push_mode``).
-  Either way the base is never changed in place, so an adapter can never be applied twice (after a resume,
-  the adapter weights come from the checkpoint alone), and both serve under the adapter's weights id.
-- full fine-tuning: the weights are gathered (all ranks take part under FSDP), written once in the engine's
-  dtype to ``<run_dir>/weights/round-<k>-step-<s>``, and every engine loads them in place (``load_weights``).
-
-Weights that did not change since the last push (same step and same trainable-state fingerprint) are not
-pushed again. Engines are woken for use (vLLM sleep mode, CUDA only; the trainer's cached GPU memory is
-released first) and put back to sleep before training resumes. Every push, wake, use and sleep is timed;
+synthesis or evaluation. Before each use the current training weights are pushed into every engine
+(``callbacks.weight_push``: an adapter request, the adapter folded into the weights, or full weights).
+Engines are woken for use (vLLM sleep mode, CUDA only; the trainer's cached GPU memory is released first)
+and put back to sleep before training resumes. Every push, wake, use and sleep is timed;
 the per-round totals (and the push share of the round's wall time) are logged and written to
 ``<run_dir>/engine_timings.json`` for the report.
 """
@@ -24,24 +14,16 @@ from __future__ import annotations
 
 import gc
 import logging
-import shutil
 import time
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Callback
 
 from regenesis_pl.atomic import write_json
+from regenesis_pl.callbacks.weight_push import QLoRABase, WeightPush
 from regenesis_pl.engines.factory import EngineConfig
-from regenesis_pl.engines.push_mode import (
-    PushMode,
-    check_mode,
-    check_push_settings,
-    measured_choice,
-    probe,
-    static_choice,
-)
+from regenesis_pl.engines.push_mode import PushMode, check_push_settings
 from regenesis_pl.layout import RunLayout
 from regenesis_pl.sharding import Shard
 
@@ -60,31 +42,25 @@ class EngineCallback(Callback):
         keep_full_weights: How many pushed full or merged weight folders to keep on disk (older ones are
             deleted once the engines loaded a newer one); adapters are small and always kept.
         push: LoRA/QLoRA: how the trained adapter reaches the engines: "adapter" (a LoRA request), "merged"
-            (folded into the served weights: base-model decode speed) or "auto" (measured once per run;
-            QLoRA serves the adapter). The choice and its reason go to ``engine_timings.json`` and the report.
+            (folded into the served weights: base-model decode speed) or "auto" (measured once per run).
+            The choice and its reason go to ``engine_timings.json`` and the report.
+        qlora_base: QLoRA: the base the engines serve the adapter on: "nf4" (the 4-bit base the adapter is
+            trained against, dequantized into the engine's dtype once per run: the served model is the trained
+            one) or "original" (the unquantized base folder: no extra copy, but the served model differs from
+            the trained one by the 4-bit quantization error). Ignored for LoRA and full fine-tuning.
     """
 
     def __init__(self, engine: EngineConfig | None = None, model: str | None = None, run_dir: str = "runs/fit",
-                 keep_full_weights: int = 1, push: PushMode = "auto") -> None:
+                 keep_full_weights: int = 1, push: PushMode = "auto",
+                 qlora_base: QLoRABase = "nf4") -> None:
         super().__init__()
-        if keep_full_weights < 1:
-            raise ValueError(f"generation: keep_full_weights={keep_full_weights} must be >= 1")
-        check_mode(push)
+        self.layout = RunLayout(run_dir)
+        self.weights = WeightPush(self.layout, push, qlora_base, keep_full_weights)
         self.config = engine or EngineConfig()
         self.backend = self.config.backend
         self.model = model
-        self.layout = RunLayout(run_dir)
-        self.keep_full_weights = keep_full_weights
         self.push = push
-        self.push_choice: str | None = None  # "adapter", "merged" or "weights", once known
-        self.push_reason = ""
         self.engine = None
-        self.served_adapter: str | None = None
-        # what this rank's engine serves: (push number, how); a push that is served twice the same way loads once
-        self._pushes = 0
-        self._serving: tuple[int, str] | None = None
-        self._pushed_key: tuple | None = None
-        self._pushed_dirs: list[Path] = []
         self._awake = True
         self._round = -1
         self._current: dict[str, Any] | None = None
@@ -96,14 +72,17 @@ class EngineCallback(Callback):
     # ------------------------------------------------------------------------------ checkpoint state
     def state_dict(self) -> dict[str, Any]:
         return {"events": self.events, "rounds": {str(k): v for k, v in self.rounds.items()},
-                "push": {"mode": self.push, "choice": self.push_choice, "reason": self.push_reason}}
+                "push": self.weights.facts()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.events = list(state_dict.get("events", []))
         self.rounds = {int(k): v for k, v in state_dict.get("rounds", {}).items()}
-        push = state_dict.get("push") or {}
-        if push.get("mode") == self.push:  # a resumed run keeps its measured choice; a changed setting re-decides
-            self.push_choice, self.push_reason = push.get("choice"), push.get("reason", "")
+        self.weights.restore(state_dict.get("push") or {})
+
+    @property
+    def served_adapter(self) -> str | None:
+        """The adapter folder of the last push (LoRA/QLoRA), whichever way it is served."""
+        return self.weights.served_adapter
 
     # ------------------------------------------------------------------------------ building
     def model_name(self, pl_module) -> str:
@@ -132,64 +111,11 @@ class EngineCallback(Callback):
         self.build_s = time.perf_counter() - start
         self.build_window = (began, time.time())
         self._awake = True
-        self._pushed_key = None
-        self.served_adapter = None
-        self._serving = None
+        self.weights.forget()
         log.info("engine: rank %d ready in %.1f s", trainer.global_rank, self.build_s)
         return self.engine
 
     # ------------------------------------------------------------------------------ weights
-    def _weights_key(self, trainer, pl_module) -> tuple:
-        """Step plus, for adapters, a hash of the trainable weights (cheap; catches a reset to the base).
-        Full weights are keyed by step alone: hashing them would gather billions of parameters."""
-        fingerprint = getattr(pl_module, "trainable_state_fingerprint", None)
-        cheap = getattr(pl_module, "adapter_only", False) and callable(fingerprint)
-        return (trainer.global_step, fingerprint() if cheap else None)
-
-    def _push(self, trainer, pl_module) -> tuple[bool, float]:
-        """Hand the current weights to every engine (all ranks call this: writing may gather weights)."""
-        key = self._weights_key(trainer, pl_module)
-        if key == self._pushed_key:
-            return False, 0.0
-        start = time.perf_counter()
-        adapter_only = getattr(pl_module, "adapter_only", True)
-        if trainer.global_step == 0 and trainer.ckpt_path is None and self._pushed_key is None:
-            # Step 0 without a checkpoint: the module holds the base weights (new LoRA adapters have B = 0) and
-            # the engines were built from them: nothing to transfer.
-            self._pushed_key = key
-            return False, 0.0
-        stage = str(getattr(trainer.state.fn, "value", trainer.state.fn))
-        self._pushes += 1
-        choice = self._static_choice(pl_module)
-        folder = weights = None
-        if adapter_only:
-            folder = Path(pl_module.save_adapter(self.layout.pushed(True, self._round, trainer.global_step, stage)))
-            self.served_adapter = str(folder)
-        if choice != "adapter":  # merged, full, or auto still to measure: every rank takes part (FSDP gathers)
-            weights = Path(pl_module.save_served_weights(self.layout.pushed(False, self._round, trainer.global_step,
-                                                                            stage), self._engine_dtype(trainer)))
-        trainer.strategy.barrier("regenesis-push")  # the folders are complete before any engine reads them
-        if choice is None:
-            choice = self._measure(trainer, pl_module, folder, weights)
-        self._serve(pl_module, choice, folder, weights)
-        if weights is not None:
-            trainer.strategy.barrier("regenesis-loaded")  # every engine read it before an old folder goes
-            if trainer.is_global_zero:
-                self._retire(weights)
-        self._pushed_key = key
-        return True, time.perf_counter() - start
-
-    def _static_choice(self, pl_module) -> str | None:
-        """The push choice when it needs no measurement (logged once); None while ``auto`` has not measured."""
-        if self.push_choice is None:
-            adapter_only = getattr(pl_module, "adapter_only", True)
-            mode = getattr(pl_module, "mode", "lora") if adapter_only else "full"
-            blocker = pl_module.merge_blocker() if adapter_only and self.push != "adapter" else None
-            self.push_choice, self.push_reason = static_choice(self.push, mode, blocker)
-            if self.push_choice is not None:
-                log.info("engine: trained weights reach the engines as %s (%s)", self.push_choice, self.push_reason)
-        return self.push_choice
-
     def _engine_dtype(self, trainer):
         """The dtype the engines serve in (the pushed weights are written in it: no fp32 copy for a bf16 engine)."""
         import torch
@@ -200,48 +126,6 @@ class EngineCallback(Callback):
         if not isinstance(name, str):
             name = resolve_dtype(self.config.dtype, trainer.strategy.root_device.type == "cuda")
         return getattr(torch, name)
-
-    def _measure(self, trainer, pl_module, folder: Path, weights: Path) -> str:
-        """``auto``: rank 0 times a greedy probe served both ways and every rank takes its pick."""
-        decision = None
-        if trainer.is_global_zero and self.engine is not None:
-            self._serve(pl_module, "adapter", folder, weights)
-            through_adapter = probe(self.engine)
-            self._serve(pl_module, "merged", folder, weights)
-            merged = probe(self.engine)
-            decision = measured_choice(through_adapter, merged)
-        self.push_choice, self.push_reason = trainer.strategy.broadcast(decision, src=0)
-        log.info("engine: trained weights reach the engines as %s (%s)", self.push_choice, self.push_reason)
-        return self.push_choice
-
-    def _serve(self, pl_module, choice: str, folder: Path | None, weights: Path | None) -> None:
-        """Make this rank's engine serve the pushed weights the chosen way; nothing to do when it already does
-        (``auto``'s probe on rank 0 ends serving the push merged)."""
-        from regenesis_pl.engines.fingerprint import weights_fingerprint
-        from regenesis_pl.model_source import resolve_model
-
-        if self._serving == (self._pushes, choice):
-            return
-        engine = self.engine
-        if engine is not None:
-            if choice == "adapter":
-                if self._serving is not None and self._serving[1] == "merged":
-                    # the merged weights go; the adapter applies to the base again
-                    engine.load_weights(resolve_model(self.model_name(pl_module)))
-                engine.set_adapter(str(folder))
-            elif choice == "merged":  # the same weights as the adapter path, so the same weights id
-                engine.set_adapter(None)
-                engine.load_weights(str(weights), weights_fingerprint(resolve_model(self.model_name(pl_module)),
-                                                                      str(folder)))
-            else:
-                engine.load_weights(str(weights))
-        self._serving = (self._pushes, choice)
-
-    def _retire(self, newest: Path) -> None:
-        self._pushed_dirs.append(newest)
-        while len(self._pushed_dirs) > self.keep_full_weights:
-            old = self._pushed_dirs.pop(0)
-            shutil.rmtree(old, ignore_errors=True)
 
     # ------------------------------------------------------------------------------ serving
     def begin_round(self, k: int) -> None:
@@ -262,6 +146,8 @@ class EngineCallback(Callback):
         has_engine = self.shard(trainer).has_engine
         if self.engine is None and has_engine:
             self._build(trainer, pl_module)
+        name, dtype = self.model_name(pl_module), self._engine_dtype(trainer)
+        self.weights.serve_trained_base(trainer, pl_module, self.engine, name, dtype)
         began = time.time()
         wake_s = 0.0
         if self.engine is not None and not self._awake:
@@ -270,7 +156,9 @@ class EngineCallback(Callback):
             self.engine.wake()
             self._awake = True
             wake_s = time.perf_counter() - start
-        pushed, push_s = self._push(trainer, pl_module)
+        start = time.perf_counter()
+        pushed = self.weights.push(trainer, pl_module, self.engine, self._round, name, dtype)
+        push_s = time.perf_counter() - start
         self._current = {"round": self._round if round_k is None else round_k, "purpose": purpose, "step": trainer.global_step,
                          "epoch": trainer.current_epoch, "pushed": pushed, "push_s": round(push_s, 4),
                          "wake_s": round(wake_s, 4), "adapter": self.served_adapter, "t0": time.perf_counter(),
@@ -280,7 +168,7 @@ class EngineCallback(Callback):
         if pushed and trainer.is_global_zero:
             log.info("engine: pushed weights for %s to %d engine(s) in %.2f s (%s)", purpose,
                      trainer.world_size // self.config.tensor_parallel_size, push_s,
-                     f"{self.served_adapter}, merged" if self.push_choice == "merged" else self.served_adapter
+                     f"{self.served_adapter}, merged" if self.weights.choice == "merged" else self.served_adapter
                      or "full weights")
         return self.engine
 
@@ -352,7 +240,7 @@ class EngineCallback(Callback):
         if not trainer.is_global_zero:
             return
         data = {"backend": self.backend, "build_s": round(self.build_s, 2), "rounds": self.round_summary(),
-                "push": {"mode": self.push, "choice": self.push_choice, "reason": self.push_reason},
+                "push": self.weights.facts(),
                 "processes": trainer.world_size, "events": self.events}
         write_json(self.layout.timings, data)
 
@@ -393,9 +281,7 @@ class EngineCallback(Callback):
     def close(self) -> None:
         """Shut the engine down (idempotent)."""
         engine, self.engine = self.engine, None
-        self._pushed_key = None
-        self.served_adapter = None
-        self._serving = None
+        self.weights.forget()
         if engine is not None:
             engine.close()
 

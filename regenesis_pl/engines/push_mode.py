@@ -3,7 +3,8 @@
 ``adapter`` serves the peft folder through the engine's LoRA path (a LoRARequest in vLLM); ``merged`` folds the
 adapter into a copy of the base in the engine's dtype and reloads the weights in place, which decodes as fast
 as the base model. ``auto`` measures both once per run on a short greedy probe and keeps the faster, unless the
-adapter cannot fold (a 4-bit QLoRA base, DoRA): then it serves the adapter, and says why.
+adapter cannot fold (DoRA, LoRA on embeddings): then it serves the adapter, and says why. A QLoRA adapter folds
+into its dequantized 4-bit base, the weights it was trained against (``model.merge.dequantized_state``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from typing import Literal
 PushMode = Literal["auto", "adapter", "merged"]
 PUSH_MODES = ("auto", "adapter", "merged")
 MERGED_GAIN = 1.05  # auto keeps the adapter path unless merging decodes at least 5% faster
-QLORA_BLOCKER = "QLoRA trains against a 4-bit base, which does not fold into dense weights"
 
 PROBE_QUESTIONS = (
     "What is 17 + 25? Think step by step.",
@@ -64,8 +64,6 @@ def check_mode(mode: str) -> None:
 
 def check_push_settings(mode: str, backend: str, training_mode: str, lora_r: int, max_lora_rank: int) -> None:
     """Refuse, when a fit starts, push settings that could only fail at the first push after a round of work."""
-    if mode == "merged" and training_mode == "qlora":
-        static_choice(mode, training_mode, QLORA_BLOCKER)
     if backend == "vllm" and training_mode != "full" and mode != "merged" and lora_r > max_lora_rank:
         raise ValueError(f"model.lora_r={lora_r} > generation.engine.max_lora_rank={max_lora_rank}: vLLM could not serve "
                          "the adapter; raise max_lora_rank or set generation.push: merged")

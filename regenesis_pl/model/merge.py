@@ -6,8 +6,11 @@ dense matrix per layer: W' = W + scaling * B @ A. This module computes W' out of
 the training weights are never touched (an in-place merge and unmerge would leave rounding errors in the
 frozen base), and casts the result to the engine's dtype (a bf16 engine needs no fp32 copy on disk).
 
-Only plain LoRA on linear layers folds this way. DoRA, LoRA on embeddings, ``fan_in_fan_out`` layers,
-``modules_to_save`` and 4-bit bases are refused with the reason, so the caller can serve the adapter instead.
+Only plain LoRA on linear layers folds this way. DoRA, LoRA on embeddings, ``fan_in_fan_out`` layers and
+``modules_to_save`` are refused with the reason, so the caller can serve the adapter instead. A QLoRA model's
+4-bit base is first dequantized (``dequantized_state``): the dense matrices its layers multiply with, which is
+what the adapter was trained against, so the served weights are the trained model's and not the original
+unquantized base's.
 """
 
 from __future__ import annotations
@@ -44,6 +47,31 @@ def lora_scalings(peft_model: nn.Module, adapter: str = "default") -> dict[str, 
     return out
 
 
+def dequantized_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` with each bitsandbytes 4-bit weight replaced by the dense matrix its layer computes
+    with (dequantized to the layer's compute dtype) and that weight's quantization entries (``absmax``,
+    ``quant_map``, ``quant_state.*``) left out. A model without 4-bit weights gives its plain state dict."""
+    packed = model.state_dict()  # first: it returns each 4-bit weight to bitsandbytes' standard layout (on a
+    # CPU an inference forward repacks it for its bf16 kernel, a layout dequantize_4bit does not read)
+    dense: dict[str, torch.Tensor] = {}
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if type(weight).__name__ == "Params4bit" and getattr(weight, "quant_state", None) is not None:
+            # only reached when bitsandbytes built the model
+            from bitsandbytes.functional import dequantize_4bit
+
+            dense[f"{name}.weight"] = dequantize_4bit(weight.data, weight.quant_state).detach()
+    state = {}
+    for key, value in packed.items():
+        owner = key.split(".weight.", 1)[0] + ".weight" if ".weight." in key else key
+        if owner in dense:
+            if key == owner:
+                state[key] = dense[key]
+            continue  # a quantization entry of a dequantized weight
+        state[key] = value
+    return state
+
+
 def served_state_dict(state: dict[str, torch.Tensor], dtype: torch.dtype, tied_embeddings: bool,
                       scalings: dict[str, float] | None = None, adapter: str = "default") -> dict[str, torch.Tensor]:
     """The weights an engine loads, under the plain model's (Hugging Face) names, on the CPU in ``dtype``.
@@ -71,7 +99,7 @@ def served_state_dict(state: dict[str, torch.Tensor], dtype: torch.dtype, tied_e
         if tied_embeddings and key == "lm_head.weight":
             continue
         if tensor.dtype in (torch.uint8, torch.int8):
-            raise CannotMerge(f"weight {key} is quantized ({tensor.dtype}); a 4-bit base is served with the adapter")
+            raise CannotMerge(f"weight {key} is quantized ({tensor.dtype}); pass dequantized_state(model)")
         out[key] = tensor.detach().to(dtype=dtype, device="cpu").contiguous()
     return out
 
@@ -84,19 +112,21 @@ def _fold(state, layer: str, weight: torch.Tensor, scalings: dict[str, float], a
     if layer not in scalings:
         raise CannotMerge(f"no LoRA scaling known for layer {layer}")
     if weight.dtype in (torch.uint8, torch.int8):
-        raise CannotMerge(f"layer {layer} has a quantized base ({weight.dtype}); a 4-bit base is served with the adapter")
+        raise CannotMerge(f"layer {layer} has a quantized base ({weight.dtype}); pass dequantized_state(model)")
     # Sum in float32 on the weights' device (fast on a GPU), so a bf16 base loses nothing before the final cast.
     delta = (b.to(torch.float32) @ a.to(device=b.device, dtype=torch.float32)) * scalings[layer]
     return weight.to(torch.float32) + delta.to(weight.device)
 
 
 def write_served_weights(folder: str | Path, weights: dict[str, torch.Tensor]) -> Path:
-    """Write ``served_state_dict`` output as ``folder/model.safetensors`` (what ``load_weights`` reads)."""
+    """Write ``served_state_dict`` output as ``folder/model.safetensors`` (what ``load_weights`` reads), whole
+    or not at all, so a killed push never leaves torn weights for an engine to load."""
     from safetensors.torch import save_file
 
+    from regenesis_pl.atomic import write_with
+
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    write_with(folder / "model.safetensors", lambda tmp: save_file(weights, str(tmp), metadata={"format": "pt"}))
     return folder
 
 

@@ -266,16 +266,28 @@ class SFTModule(LightningModule):
             self.tokenizer.save_pretrained(path)
         return path
 
-    def save_served_weights(self, path: str | Path, dtype: torch.dtype) -> Path:
+    def save_served_weights(self, path: str | Path, dtype: torch.dtype, base_only: bool = False) -> Path:
         """Write the weights an engine serves to ``path/model.safetensors`` in the engine's ``dtype``: the full
         weights (full mode) or the LoRA adapter folded into the base (``model.merge``; raises ``CannotMerge``
-        for adapters that do not fold, such as a 4-bit base). Under FSDP call it on every rank; rank 0 writes.
+        for adapters that do not fold, such as DoRA). A QLoRA base is dequantized first: the served weights are
+        the ones the adapter trains against. ``base_only``: the base without the adapter. Under FSDP call it on
+        every rank; rank 0 writes.
         """
-        from regenesis_pl.model.merge import lora_scalings, served_state_dict, write_served_weights
+        from regenesis_pl.model.merge import (
+            dequantized_state,
+            lora_scalings,
+            served_state_dict,
+            write_served_weights,
+        )
 
         path = Path(path)
         scalings = lora_scalings(self.model) if self.adapter_only else None
-        state = self._full_state_dict() if self._fsdp() else self.model.state_dict()  # on the device: folds fast
+        if self.mode == "qlora":
+            state = dequantized_state(self.model)
+        else:
+            state = self._full_state_dict() if self._fsdp() else self.model.state_dict()  # on the device: folds fast
+        if base_only and scalings is not None:
+            state, scalings = {k: v for k, v in state.items() if ".lora_" not in k}, {}
         if self._is_writer():
             tied = bool(getattr(self.model.config, "tie_word_embeddings", False))  # peft forwards .config
             write_served_weights(path, served_state_dict(state, dtype, tied, scalings))
@@ -338,12 +350,10 @@ class SFTModule(LightningModule):
         return twin.merge_and_unload()
 
     def merge_blocker(self) -> str | None:
-        """None when the LoRA adapter folds into dense served weights (``save_served_weights``), else why not."""
-        from regenesis_pl.engines.push_mode import QLORA_BLOCKER
+        """None when the LoRA adapter folds into dense served weights (``save_served_weights``; a QLoRA adapter
+        folds into its dequantized 4-bit base), else why not."""
         from regenesis_pl.model.merge import CannotMerge, lora_scalings
 
-        if self.mode == "qlora":
-            return QLORA_BLOCKER
         try:
             lora_scalings(self.model)
         except CannotMerge as err:
