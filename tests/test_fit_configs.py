@@ -27,7 +27,8 @@ def command_of(path: Path) -> str:
 
 def test_configs_exist():
     names = {p.name for p in CONFIGS}
-    for required in ("smoke_cpu.yaml", "demo_cpu.yaml", "mistral7b_qlora_1gpu.yaml", "llama3_8b_full_fsdp.yaml",
+    for required in ("smoke_cpu.yaml", "demo_cpu.yaml", "mistral7b_qlora_1gpu.yaml", "mistral7b_qlora_24gb.yaml",
+                     "llama3_8b_full_fsdp.yaml",
                      "star_cpu.yaml", "lmsi_cpu.yaml", "gt_cpu.yaml"):
         assert required in names
 

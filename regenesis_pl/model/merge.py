@@ -49,8 +49,9 @@ def lora_scalings(peft_model: nn.Module, adapter: str = "default") -> dict[str, 
 
 def dequantized_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """``model.state_dict()`` with each bitsandbytes 4-bit weight replaced by the dense matrix its layer computes
-    with (dequantized to the layer's compute dtype) and that weight's quantization entries (``absmax``,
-    ``quant_map``, ``quant_state.*``) left out. A model without 4-bit weights gives its plain state dict."""
+    with (dequantized to the layer's compute dtype, on the CPU) and that weight's quantization entries
+    (``absmax``, ``quant_map``, ``quant_state.*``) left out. A model without 4-bit weights gives its plain state
+    dict."""
     packed = model.state_dict()  # first: it returns each 4-bit weight to bitsandbytes' standard layout (on a
     # CPU an inference forward repacks it for its bf16 kernel, a layout dequantize_4bit does not read)
     dense: dict[str, torch.Tensor] = {}
@@ -60,7 +61,8 @@ def dequantized_state(model: nn.Module) -> dict[str, torch.Tensor]:
             # only reached when bitsandbytes built the model
             from bitsandbytes.functional import dequantize_4bit
 
-            dense[f"{name}.weight"] = dequantize_4bit(weight.data, weight.quant_state).detach()
+            # to the CPU layer by layer: a 7B base in bf16 (about 14 GB) would not fit beside the trainer on a GPU
+            dense[f"{name}.weight"] = dequantize_4bit(weight.data, weight.quant_state).detach().to("cpu")
     state = {}
     for key, value in packed.items():
         owner = key.split(".weight.", 1)[0] + ".weight" if ".weight." in key else key
