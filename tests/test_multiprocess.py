@@ -208,3 +208,55 @@ def test_full_fine_tuning_under_fsdp2_with_two_cpu_processes(tmp_path):
     assert len(shared) > 100
     assert any(not torch.equal(trained[k], base[k]) for k in shared)
     assert len(list((run.root / "weights").iterdir())) == 1  # keep_full_weights=1: older pushes are deleted
+
+
+SHARDED_BUILD = """
+import json, sys, torch, torch.distributed as dist
+from functools import partial
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.device_mesh import init_device_mesh
+from regenesis_pl.model.build import build_model, build_skeleton
+from regenesis_pl.model.strategy import build_sharded_fsdp2
+
+dist.init_process_group("gloo")
+rank, loads = dist.get_rank(), []
+def full():
+    loads.append(1)
+    return build_model("embedded", "full", check_memory=False)
+net = build_sharded_fsdp2(full, partial(build_skeleton, "embedded"), init_device_mesh("cpu", (2,)),
+                          torch.device("cpu"), rank)
+local = sum(p.to_local().numel() for p in net.parameters())
+gathered = get_model_state_dict(net, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+report = {"rank": rank, "loads": len(loads), "local_params": local,
+          "meta": any(t.is_meta for t in [*net.parameters(), *net.buffers()])}
+if rank == 0:
+    reference = build_model("embedded", "full", check_memory=False)
+    expected = reference.state_dict()
+    report["keys_equal"] = set(gathered) == set(expected)
+    report["mismatched"] = [k for k in expected if not torch.equal(gathered[k], expected[k])][:5]
+    report["buffers_equal"] = all(torch.equal(b, dict(reference.named_buffers())[n]) for n, b in net.named_buffers())
+    report["tied"] = net.lm_head.weight is net.model.embed_tokens.weight
+    report["total_params"] = sum(p.numel() for p in reference.parameters())
+print("REPORT " + json.dumps(report), flush=True)
+dist.destroy_process_group()
+"""
+
+
+def test_fsdp2_full_weights_are_loaded_once_and_sharded(tmp_path):
+    """FSDP2 full fine-tuning builds the model with its parameters on the meta device on every rank, shards it,
+    and only rank 0 reads the weights; gathered again they are exactly the checkpoint's, buffers (rotary
+    tables) and the tied head included, and each rank holds about half of the parameters."""
+    script = tmp_path / "sharded_build.py"
+    script.write_text(SHARDED_BUILD)
+    log = _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+                str(script)], threads=1)
+    reports = {r["rank"]: r for r in (json.loads(line.split("REPORT ", 1)[1]) for line in log.splitlines()
+                                      if "REPORT " in line)}
+    assert sorted(reports) == [0, 1], log[-3000:]
+    assert reports[0]["loads"] == 1 and reports[1]["loads"] == 0  # the weights were read once, by rank 0
+    assert not reports[0]["meta"] and not reports[1]["meta"]
+    assert reports[0]["keys_equal"] and reports[0]["mismatched"] == [] and reports[0]["buffers_equal"]
+    assert reports[0]["tied"]
+    total = reports[0]["total_params"]
+    for rank in (0, 1):
+        assert 0.4 * total < reports[rank]["local_params"] < 0.6 * total, reports[rank]

@@ -177,6 +177,27 @@ def build_model(model: str = "embedded", mode: Mode = "lora", dtype: str = "auto
     return get_peft_model(net, config)
 
 
+def build_skeleton(model: str = "embedded", dtype: str = "auto", gradient_checkpointing: bool = False,
+                   trust_remote_code: bool = False):
+    """The model ``build_model(mode="full")`` gives, with its parameters on the meta device: no weights read and
+    no memory taken, to be sharded before any weights arrive (``strategy.build_sharded_fsdp2``). Its buffers are
+    computed for real (rotary tables are not in a checkpoint, so they could not be loaded later)."""
+    from accelerate import init_empty_weights  # a peft dependency
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = resolve_model(model)
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    with init_empty_weights(include_buffers=False):
+        net = AutoModelForCausalLM.from_config(config, dtype=resolve_dtype(dtype, "full"),
+                                               trust_remote_code=trust_remote_code)
+    net.tie_weights()  # from_config under init_empty_weights leaves a tied head untied
+    net.config.use_cache = False
+    net.requires_grad_(True)
+    if gradient_checkpointing:
+        net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return net
+
+
 def _nf4_config(compute_dtype: torch.dtype):
     try:
         import bitsandbytes  # noqa: F401

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,8 +22,8 @@ from lightning.pytorch.strategies import FSDPStrategy
 
 from regenesis_pl.data.sft import IGNORE_INDEX
 from regenesis_pl.hashing import tensors_digest
-from regenesis_pl.model.build import MODES, build_model, load_tokenizer, resolve_dtype
-from regenesis_pl.model.strategy import check_strategy, is_fsdp2, shard_fsdp2
+from regenesis_pl.model.build import MODES, build_model, build_skeleton, load_tokenizer, resolve_dtype
+from regenesis_pl.model.strategy import build_sharded_fsdp2, check_strategy, is_fsdp2, shard_fsdp2
 from regenesis_pl.model_source import resolve_model
 
 SCHEDULERS = ("cosine", "linear", "constant")
@@ -108,16 +109,26 @@ class SFTModule(LightningModule):
                 shards = self.trainer.world_size
             else:
                 device = strategy.root_device
-        self.model = build_model(hp.model, self.mode, hp.dtype, hp.lora_r, hp.lora_alpha, hp.lora_dropout,
-                                 hp.target_modules, hp.gradient_checkpointing, hp.trust_remote_code,
-                                 device=device, memory_shards=shards, check_memory=hp.check_memory)
+        def build():
+            return build_model(hp.model, self.mode, hp.dtype, hp.lora_r, hp.lora_alpha, hp.lora_dropout,
+                               hp.target_modules, hp.gradient_checkpointing, hp.trust_remote_code,
+                               device=device, memory_shards=shards, check_memory=hp.check_memory)
+
         if self._trainer is not None and is_fsdp2(self.trainer.strategy):
             mesh = self.device_mesh["data_parallel"]
             if mesh.size() != self.trainer.world_size:  # else gradients would never be synchronized
                 raise ValueError(f"FSDP2: the data-parallel mesh has {mesh.size()} of {self.trainer.world_size} "
                                  "processes; set trainer.strategy.data_parallel_size to the number of processes and "
                                  "tensor_parallel_size: 1 (ModelParallelStrategy's defaults shard over nodes only)")
-            shard_fsdp2(self.model, mesh)  # Lightning moves the shards to the device
+            if self.mode == "full":  # rank 0 loads the weights once; every rank holds only its shards
+                skeleton = partial(build_skeleton, hp.model, hp.dtype, hp.gradient_checkpointing,
+                                   hp.trust_remote_code)
+                self.model = build_sharded_fsdp2(build, skeleton, mesh, self.trainer.strategy.root_device,
+                                                 self.trainer.global_rank)
+            else:
+                self.model = shard_fsdp2(build(), mesh)  # Lightning moves the shards to the device
+        else:
+            self.model = build()
         self.model.train()  # from_pretrained returns eval mode; Lightning keeps module modes as they are
 
     # ----------------------------------------------------------------- steps

@@ -8,6 +8,7 @@ work are refused with a one-line error naming the combination and the fix.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -118,4 +119,22 @@ def shard_fsdp2(net: nn.Module, mesh) -> nn.Module:
         if isinstance(module, tuple(layers)):
             fully_shard(module, mesh=mesh)
     fully_shard(net, mesh=mesh)
+    return net
+
+
+def build_sharded_fsdp2(build_full: Callable[[], nn.Module], build_skeleton: Callable[[], nn.Module], mesh,
+                        device: torch.device, rank: int) -> nn.Module:
+    """FSDP2 without a full copy of the weights in every process: each rank builds the model with its parameters
+    on the meta device (``build_skeleton``), shards it and allocates only its own shards; rank 0 alone loads the
+    weights (``build_full``: one full copy, in its host memory) and they reach every rank shard by shard."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    full = build_full().state_dict() if rank == 0 else {}
+    net = shard_fsdp2(build_skeleton(), mesh)
+    buffers = {name: value.detach().clone() for name, value in net.named_buffers()}
+    net.to_empty(device=device)  # allocates the shards; buffers get fresh memory too, so they are put back
+    with torch.no_grad():
+        for name, value in buffers.items():
+            net.get_buffer(name).copy_(value)
+    set_model_state_dict(net, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
     return net
