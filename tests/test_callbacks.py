@@ -4,6 +4,7 @@ DataModule, and the run report built from files on disk (the full loop runs in t
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -217,3 +218,95 @@ def test_eval_gating_ends_a_real_trainer_fit_early(tmp_path):
     trainer.fit(Tiny(), datamodule=Rounds())
     assert trainer.current_epoch == 3 and cb.stopped_after == 2  # rounds 0-2 ran; rounds 3 and 4 did not
     assert [h["round"] for h in cb.history] == [0, 1, 2]
+
+
+# ------------------------------------------------------------------------------------------ weight pushes
+class _Engine:
+    """Records what it is told to serve (prompt plumbing only; the real engines are tested elsewhere)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def load_weights(self, folder, weights_id=None):
+        self.calls.append(("load", Path(folder).name, weights_id))
+
+    def set_adapter(self, folder):
+        self.calls.append(("adapter", Path(folder).name if folder else None))
+
+
+class _QLoRAModule:
+    mode, adapter_only = "qlora", True
+
+    def __init__(self):
+        self.writes, self.step_weights = [], 0
+
+    def trainable_state_fingerprint(self):
+        return f"w{self.step_weights}"
+
+    def merge_blocker(self):
+        return None
+
+    def save_adapter(self, path):
+        Path(path).mkdir(parents=True, exist_ok=True)
+        (Path(path) / "adapter_config.json").write_text(json.dumps({"r": 4, "step": self.step_weights}))
+        return path
+
+    def save_served_weights(self, path, dtype, base_only=False):
+        self.writes.append((Path(path).name, str(dtype), base_only))
+        Path(path).mkdir(parents=True, exist_ok=True)
+        (Path(path) / "model.safetensors").write_bytes(b"weights")
+        return path
+
+
+def _trainer(step):
+    strategy = SimpleNamespace(barrier=lambda name=None: None, broadcast=lambda obj, src=0: obj)
+    return SimpleNamespace(global_step=step, ckpt_path=None, is_global_zero=True, strategy=strategy,
+                           state=SimpleNamespace(fn="fit"))
+
+
+def test_qlora_engines_serve_the_dequantized_base_made_once(tmp_path, monkeypatch):
+    """QLoRA (nf4): the engine loads the dequantized base, written once and reused by a resumed run made from the
+    same model and dtype; a merged push folds into that base, and going back to the adapter path reloads that
+    base, never the original model."""
+    from regenesis_pl.callbacks import weight_push
+    from regenesis_pl.callbacks.weight_push import WeightPush
+    from regenesis_pl.layout import RunLayout
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    monkeypatch.setattr("regenesis_pl.model_source.resolve_model", lambda name: str(model))
+    module, engine = _QLoRAModule(), _Engine()
+    push = WeightPush(RunLayout(tmp_path / "run"), "merged", "nf4")
+    push.serve_trained_base(_trainer(0), module, engine, "some-model", "torch.bfloat16")
+    assert module.writes == [("base-nf4", "torch.bfloat16", True)] and engine.calls == [("load", "base-nf4", None)]
+    assert push.facts()["base"].startswith("nf4: the 4-bit base the adapter trains against, dequantized to bfloat16")
+    module.step_weights = 1
+    assert push.push(_trainer(1), module, engine, 0, "some-model", "torch.bfloat16")
+    base_id = weight_push.weights_fingerprint(str(tmp_path / "run" / "weights" / "base-nf4"),
+                                              str(tmp_path / "run" / "adapters" / "round-0-step-1"))
+    assert engine.calls[-2:] == [("adapter", None), ("load", "round-0-step-1", base_id)]
+    push.choice, push._serving = "adapter", (push._pushes, "merged")  # as if auto had picked the adapter path
+    push._serve(engine, "adapter", tmp_path / "run" / "adapters" / "round-0-step-1", None, "some-model")
+    assert engine.calls[-2:] == [("load", "base-nf4", None), ("adapter", "round-0-step-1")]
+
+    resumed, engine2 = WeightPush(RunLayout(tmp_path / "run"), "merged", "nf4"), _Engine()
+    resumed.serve_trained_base(_trainer(1), module, engine2, "some-model", "torch.bfloat16")
+    assert len(module.writes) == 2 and engine2.calls == [("load", "base-nf4", None)]  # reused, not rewritten
+    other = WeightPush(RunLayout(tmp_path / "run"), "merged", "nf4")
+    other.serve_trained_base(_trainer(1), module, _Engine(), "some-model", "torch.float32")
+    assert module.writes[-1] == ("base-nf4", "torch.float32", True)  # made from another dtype: rebuilt
+
+
+def test_qlora_original_base_is_served_as_the_model_and_said_so(tmp_path, monkeypatch):
+    from regenesis_pl.callbacks.weight_push import WeightPush
+    from regenesis_pl.layout import RunLayout
+
+    monkeypatch.setattr("regenesis_pl.model_source.resolve_model", lambda name: str(tmp_path))
+    module, engine = _QLoRAModule(), _Engine()
+    push = WeightPush(RunLayout(tmp_path / "run"), "auto", "original")
+    push.serve_trained_base(_trainer(0), module, engine, "some-model", "torch.bfloat16")
+    assert module.writes == [] and engine.calls == []
+    assert "differs from the trained one by the 4-bit quantization error" in push.facts()["base"]
+    with pytest.raises(ValueError, match="qlora_base='fp8' is unknown"):
+        WeightPush(RunLayout(tmp_path / "run"), "auto", "fp8")

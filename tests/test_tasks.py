@@ -342,6 +342,32 @@ def test_prepare_real_sources(source, tmp_path):
     assert again[first]["split"] == result[first]["split"]
 
 
+def test_a_task_extracted_by_a_killed_pass_is_extracted_again(tmp_path):
+    """A task's own task.json without the marker of a finished pass may lack its subtasks' files (a kill came
+    between them): the next pass extracts the task again instead of trusting it."""
+    import io
+    import tarfile
+
+    from regenesis_pl.tasks.prepare import _BB_ROOT, EXTRACTED_MARKER, _extract_bigbench
+
+    archive = tmp_path / "bigbench-1.0.0.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for rel in ("parent", "parent/sub"):
+            data = json.dumps({"name": rel}).encode()
+            info = tarfile.TarInfo(f"bigbench-1.0.0/{_BB_ROOT}{rel}/task.json")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    out = tmp_path / "extracted"
+    (out / "parent").mkdir(parents=True)
+    (out / "parent" / "task.json").write_text("{}")  # what a killed pass left: no subtask, no marker
+    _extract_bigbench(archive, ["parent"], out)
+    assert json.loads((out / "parent" / "sub" / "task.json").read_text()) == {"name": "parent/sub"}
+    assert (out / "parent" / EXTRACTED_MARKER).is_file()
+    (out / "parent" / "sub" / "task.json").unlink()
+    _extract_bigbench(archive, ["parent"], out)  # marked complete: not read again
+    assert not (out / "parent" / "sub" / "task.json").exists()
+
+
 @pytest.mark.slow
 def test_prepare_data_killed_mid_extraction_then_rerun(tmp_path):
     """`regenesis prepare data` SIGKILLed while it scans the BIG-bench archive (one task extracted, the other

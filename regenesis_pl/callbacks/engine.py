@@ -147,7 +147,9 @@ class EngineCallback(Callback):
         if self.engine is None and has_engine:
             self._build(trainer, pl_module)
         name, dtype = self.model_name(pl_module), self._engine_dtype(trainer)
+        start = time.perf_counter()  # a push: the dequantized QLoRA base (once per engine), then the weights
         self.weights.serve_trained_base(trainer, pl_module, self.engine, name, dtype)
+        base_s = time.perf_counter() - start
         began = time.time()
         wake_s = 0.0
         if self.engine is not None and not self._awake:
@@ -158,7 +160,7 @@ class EngineCallback(Callback):
             wake_s = time.perf_counter() - start
         start = time.perf_counter()
         pushed = self.weights.push(trainer, pl_module, self.engine, self._round, name, dtype)
-        push_s = time.perf_counter() - start
+        push_s = time.perf_counter() - start + base_s
         self._current = {"round": self._round if round_k is None else round_k, "purpose": purpose, "step": trainer.global_step,
                          "epoch": trainer.current_epoch, "pushed": pushed, "push_s": round(push_s, 4),
                          "wake_s": round(wake_s, 4), "adapter": self.served_adapter, "t0": time.perf_counter(),

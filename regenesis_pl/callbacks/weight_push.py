@@ -23,12 +23,15 @@ import shutil
 from pathlib import Path
 from typing import Any, Literal
 
+from regenesis_pl.atomic import write_json
+from regenesis_pl.engines.fingerprint import weights_fingerprint
 from regenesis_pl.engines.push_mode import check_mode, measured_choice, probe, static_choice
 from regenesis_pl.layout import RunLayout
 
 log = logging.getLogger(__name__)
 
 QLoRABase = Literal["nf4", "original"]
+BASE_MARKER = "made_from.json"  # beside the dequantized QLoRA base: the model and dtype it was made from
 
 
 class WeightPush:
@@ -120,8 +123,11 @@ class WeightPush:
             self._base_dir = self._base_folder(model)
         else:
             folder = self.layout.served_base
-            if trainer.is_global_zero and not (folder / "model.safetensors").is_file():
+            made_from = {"model": model, "fingerprint": weights_fingerprint(self._base_folder(model), None),
+                         "dtype": str(dtype), "quantization": "nf4, double quant"}
+            if trainer.is_global_zero and _read_marker(folder) != made_from:  # reused only if made from the same
                 pl_module.save_served_weights(folder, dtype, base_only=True)
+                write_json(folder / BASE_MARKER, made_from)
             trainer.strategy.barrier("regenesis-base")
             if engine is not None:
                 engine.load_weights(str(folder))
@@ -166,8 +172,6 @@ class WeightPush:
     def _serve(self, engine, choice: str, folder: Path | None, weights: Path | None, model: str) -> None:
         """Make the engine serve the pushed weights the chosen way; nothing to do when it already does
         (``auto``'s probe on rank 0 ends serving the push merged)."""
-        from regenesis_pl.engines.fingerprint import weights_fingerprint
-
         if self._serving == (self._pushes, choice):
             return
         if engine is not None:
@@ -193,3 +197,14 @@ class WeightPush:
         self._pushed_dirs.append(newest)
         while len(self._pushed_dirs) > self.keep_full_weights:
             shutil.rmtree(self._pushed_dirs.pop(0), ignore_errors=True)
+
+
+def _read_marker(folder: Path) -> dict | None:
+    """What the dequantized base in ``folder`` was made from, or None when it is missing or incomplete."""
+    import json
+
+    try:
+        made_from = json.loads((folder / BASE_MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return made_from if (folder / "model.safetensors").is_file() else None

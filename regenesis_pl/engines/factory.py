@@ -29,6 +29,9 @@ class EngineConfig:
         enable_sleep_mode: vLLM on CUDA: free the engine's GPU memory while training (sleep/wake).
         tensor_parallel_size: vLLM: GPUs one engine spans (for a model larger than one GPU); 1 otherwise.
         batch_size: transformers: completions generated together.
+        block_size: vLLM: tokens per KV-cache block, the unit of prefix caching (a shared prompt prefix is
+            reused in whole blocks only); None: vLLM's choice (128 on CPU, 16 on CUDA). On CPU use a multiple
+            of 32.
         trust_remote_code: Allow model code shipped in the model folder (off by default).
     """
 
@@ -43,6 +46,7 @@ class EngineConfig:
     enable_sleep_mode: bool = False
     tensor_parallel_size: int = 1
     batch_size: int = 16
+    block_size: int | None = None
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
@@ -56,6 +60,8 @@ class EngineConfig:
                 raise ValueError(f"engine.{name}={getattr(self, name)} must be >= 1")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError(f"engine.gpu_memory_utilization={self.gpu_memory_utilization} must be in (0, 1]")
+        if self.block_size is not None and self.block_size < 1:
+            raise ValueError(f"engine.block_size={self.block_size} must be >= 1 or null")
         if self.kv_cache_gb <= 0:
             raise ValueError(f"engine.kv_cache_gb={self.kv_cache_gb} must be > 0")
 

@@ -131,6 +131,8 @@ class VLLMEngine:
                   # (params.json, tekken/tokenizer.model.v*, consolidated.safetensors) where a folder also has
                   # them, as Mistral's releases do. Safetensors only: no pickle is ever loaded.
                   "tokenizer_mode": "hf", "config_format": "hf", "load_format": "safetensors"}
+        if config.block_size is not None:
+            kwargs["block_size"] = config.block_size
         if enable_lora:
             kwargs.update(enable_lora=True, max_lora_rank=config.max_lora_rank, max_loras=config.max_loras)
         if self.on_cpu:

@@ -125,11 +125,12 @@ def write_served_weights(folder: str | Path, weights: dict[str, torch.Tensor]) -
     or not at all, so a killed push never leaves torn weights for an engine to load."""
     from safetensors.torch import save_file
 
-    from regenesis_pl.atomic import write_with
+    from regenesis_pl.atomic import remove_leftovers, write_with
 
-    folder = Path(folder)
-    write_with(folder / "model.safetensors", lambda tmp: save_file(weights, str(tmp), metadata={"format": "pt"}))
-    return folder
+    target = Path(folder) / "model.safetensors"
+    remove_leftovers(target)  # a killed push's partial file (GBs for a large model); rank 0 is the one writer
+    write_with(target, lambda tmp: save_file(weights, str(tmp), metadata={"format": "pt"}))
+    return Path(folder)
 
 
 def fold_adapter_folder(model_dir: str, adapter_dir: str, out_dir: str | Path, dtype: torch.dtype) -> Path:

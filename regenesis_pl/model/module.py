@@ -292,13 +292,15 @@ class SFTModule(LightningModule):
         )
 
         path = Path(path)
-        scalings = lora_scalings(self.model) if self.adapter_only else None
+        if not self._fsdp() and not self._is_writer():
+            return path  # only an FSDP gather needs every rank; the others would build a copy for nothing
+        scalings = None if not self.adapter_only else {} if base_only else lora_scalings(self.model)
         if self.mode == "qlora":
-            state = dequantized_state(self.model)
+            state = dequantized_state(self.model)  # on the CPU: a dequantized 7B base would not fit beside training
         else:
             state = self._full_state_dict() if self._fsdp() else self.model.state_dict()  # on the device: folds fast
         if base_only and scalings is not None:
-            state, scalings = {k: v for k, v in state.items() if ".lora_" not in k}, {}
+            state = {k: v for k, v in state.items() if ".lora_" not in k}
         if self._is_writer():
             tied = bool(getattr(self.model.config, "tie_word_embeddings", False))  # peft forwards .config
             write_served_weights(path, served_state_dict(state, dtype, tied, scalings))

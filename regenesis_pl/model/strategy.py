@@ -127,9 +127,22 @@ def build_sharded_fsdp2(build_full: Callable[[], nn.Module], build_skeleton: Cal
     """FSDP2 without a full copy of the weights in every process: each rank builds the model with its parameters
     on the meta device (``build_skeleton``), shards it and allocates only its own shards; rank 0 alone loads the
     weights (``build_full``: one full copy, in its host memory) and they reach every rank shard by shard."""
+    import torch.distributed as dist
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-    full = build_full().state_dict() if rank == 0 else {}
+    full, failure = {}, [None]
+    if rank == 0:
+        try:
+            full = build_full().state_dict()
+        except Exception as err:  # the other ranks would wait in the broadcast below until the group times out
+            failure = [f"{type(err).__name__}: {err}"]
+            raise
+        finally:
+            dist.broadcast_object_list(failure, src=0)
+    else:
+        dist.broadcast_object_list(failure, src=0)
+        if failure[0] is not None:
+            raise RuntimeError(f"rank 0 could not load the model's weights ({failure[0]}); see rank 0's error")
     net = shard_fsdp2(build_skeleton(), mesh)
     buffers = {name: value.detach().clone() for name, value in net.named_buffers()}
     net.to_empty(device=device)  # allocates the shards; buffers get fresh memory too, so they are put back
