@@ -72,6 +72,7 @@ def test_cut_at_stop_takes_the_earliest_stop():
     ({"backend": "tgi"}, "engine.backend='tgi' is unknown"), ({"dtype": "fp8"}, "engine.dtype='fp8'"),
     ({"max_model_len": 0}, "engine.max_model_len=0"), ({"tensor_parallel_size": 0}, "tensor_parallel_size=0"),
     ({"gpu_memory_utilization": 1.5}, "gpu_memory_utilization=1.5"), ({"kv_cache_gb": 0}, "kv_cache_gb=0"),
+    ({"cpu_bind": "some"}, "engine.cpu_bind='some' is unknown"), ({"block_size": 0}, "engine.block_size=0"),
 ])
 def test_bad_engine_settings_are_refused_before_any_engine_starts(bad, match):
     with pytest.raises(ValueError, match=match):

