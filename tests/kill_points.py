@@ -36,3 +36,21 @@ def kill_at_line(command: list[str], at: Callable[[str], bool], cwd, env: dict[s
     output = "".join(lines)
     assert reached and proc.returncode == -signal.SIGKILL, output[-3000:]
     return output
+
+
+def kill_when(command: list[str], ready: Callable[[], bool], timeout_s: float = 600, **popen) -> None:
+    """Run ``command`` in its own process group and SIGKILL the group as soon as ``ready()`` (polled on disk)
+    holds. Fails (AssertionError) when the command ends first or ``ready()`` never holds in ``timeout_s``."""
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+                            **popen)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not ready():
+            assert proc.poll() is None, f"the command ended before the kill: {proc.stderr.read()[-2000:]!r}"
+            assert time.monotonic() < deadline, f"not ready for the kill after {timeout_s:.0f} s"
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL

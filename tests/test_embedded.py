@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from kill_points import kill_when
 
 from regenesis_pl import embedded_model as embedded
 from regenesis_pl import model_source
@@ -178,19 +176,8 @@ def test_real_gguf_conversion_killed_then_rerun(tmp_path):
         shutil.copy(wheels[-1], cache / "downloads" / wheels[-1].name)
     models = cache / "models"
     command = [sys.executable, "-m", "regenesis_pl.cli", "prepare", "model", f"--cache_dir={cache}"]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 600
-        while not any(models.glob(f".{embedded.FOLDER_NAME}.tmp*/*.safetensors")):
-            assert proc.poll() is None, f"prepare model ended before the kill: {proc.stderr.read()[-2000:]!r}"
-            assert time.monotonic() < deadline, "no temporary folder after 600 s"
-            time.sleep(0.05)
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL and not (models / embedded.FOLDER_NAME).exists()
+    kill_when(command, lambda: any(models.glob(f".{embedded.FOLDER_NAME}.tmp*/*.safetensors")))
+    assert not (models / embedded.FOLDER_NAME).exists()
     assert any(models.glob(f".{embedded.FOLDER_NAME}.tmp*"))  # what the kill left
     target = prepare_embedded_model(cache_dir=str(cache))
     assert sorted(p.name for p in models.iterdir()) == [embedded.FOLDER_NAME]  # leftovers removed

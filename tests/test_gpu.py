@@ -58,6 +58,23 @@ def free_gib() -> float:
     return torch.cuda.mem_get_info()[0] / 2**30
 
 
+def run_fit(command: list[str], timeout: int) -> float:
+    """Run a `regenesis fit` command to success; returns its wall seconds."""
+    start = time.perf_counter()
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return time.perf_counter() - start
+
+
+def mean_train_tok_s(run_dir: Path) -> float:
+    """The fit's mean training tokens/s, from its Lightning CSV log."""
+    import csv
+
+    with open(next((run_dir / "logs").glob("version_*/metrics.csv"))) as fh:
+        speeds = [float(r["train/tokens_per_s"]) for r in csv.DictReader(fh) if r.get("train/tokens_per_s")]
+    return round(sum(speeds) / max(len(speeds), 1), 1)
+
+
 @pytest.fixture(scope="module")
 def engine(model_dir):
     pytest.importorskip("vllm")
@@ -162,22 +179,15 @@ def test_smoke_fit_on_one_gpu_with_sleep_mode(mode, tmp_path):
                f"--data.run_dir={run_dir}", f"--model.mode={mode}", "--trainer.accelerator=gpu",
                "--trainer.precision=bf16-mixed", "--generation.engine.dtype=bfloat16",
                "--generation.engine.enable_sleep_mode=true", "--generation.engine.gpu_memory_utilization=0.3"]
-    start = time.perf_counter()
-    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
-    seconds = time.perf_counter() - start
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    seconds = run_fit(command, 900)
     timings = json.loads((run_dir / "engine_timings.json").read_text())
     uses = [e for e in timings["events"] if e["wake_s"] > 0]
     assert uses, "sleep mode never woke the engine: it did not sleep while training"
     for name in ("base", "round-0", "round-1"):
         assert (run_dir / "eval" / f"{name}.json").is_file()
     summaries = [json.loads((run_dir / f"round-{k}" / "summary.json").read_text()) for k in (0, 1)]
-    import csv
-
-    with open(next((run_dir / "logs").glob("version_*/metrics.csv"))) as fh:
-        train_tok_s = [float(r["train/tokens_per_s"]) for r in csv.DictReader(fh) if r.get("train/tokens_per_s")]
     record(f"smoke fit {mode}", seconds=round(seconds, 1), push=timings.get("push", {}).get("choice"),
-           train_tok_s=round(sum(train_tok_s) / max(len(train_tok_s), 1), 1),
+           train_tok_s=mean_train_tok_s(run_dir),
            synthesis_tok_s=[s["speed"]["tokens_per_s"] for s in summaries],
            push_s=[r["push_s"] for r in timings["rounds"].values()],
            wake_s=round(sum(e["wake_s"] for e in timings["events"]), 3))
@@ -208,10 +218,7 @@ def test_loop_on_one_gpu_with_the_transformers_engine(mode, tmp_path):
                "--evaluation.max_tokens=64", "--evaluation.write_report=false", "--trainer.accelerator=gpu",
                "--trainer.precision=bf16-mixed", "--trainer.enable_progress_bar=false",
                "--generation.engine.backend=transformers", "--generation.engine.dtype=bfloat16"]
-    start = time.perf_counter()
-    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
-    seconds = time.perf_counter() - start
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    seconds = run_fit(command, 600)
     evaluation = json.loads((run_dir / "eval" / "round-0.json").read_text())
     assert evaluation["adapter"] and evaluation["processes"] == 1
     from safetensors.torch import load_file
@@ -222,14 +229,9 @@ def test_loop_on_one_gpu_with_the_transformers_engine(mode, tmp_path):
     if mode == "qlora":
         assert timings["push"]["base"].startswith("nf4"), timings["push"]
         assert (run_dir / "weights" / "base-nf4" / "model.safetensors").is_file()
-    import csv
-
-    with open(next((run_dir / "logs").glob("version_*/metrics.csv"))) as fh:
-        rows = list(csv.DictReader(fh))
-    train_tok_s = [float(r["train/tokens_per_s"]) for r in rows if r.get("train/tokens_per_s")]
     record(f"loop on GPU, transformers engine, {mode}", seconds=round(seconds, 1),
            push=timings["push"].get("choice"), push_s=[r["push_s"] for r in timings["rounds"].values()],
-           train_tok_s=round(sum(train_tok_s) / max(len(train_tok_s), 1), 1),
+           train_tok_s=mean_train_tok_s(run_dir),
            eval_s=[round(e["use_s"], 2) for e in timings["events"]])
 
 

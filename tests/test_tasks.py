@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from kill_points import kill_when
 
 from regenesis_pl.paths import data_dir, home_dir
 from regenesis_pl.tasks.bigbench import load_bigbench_task
@@ -373,8 +374,6 @@ def test_prepare_data_killed_mid_extraction_then_rerun(tmp_path):
     """`regenesis prepare data` SIGKILLed while it scans the BIG-bench archive (one task extracted, the other
     not yet), then run again: the rerun finishes the missing task and writes the very files an uninterrupted
     preparation wrote (the default data folder's, made by scripts/prepare.sh with the same settings)."""
-    import signal
-    import time
 
     from regenesis_pl.paths import downloads_dir
     from regenesis_pl.tasks.prepare import PACKAGES, fetch_package
@@ -388,19 +387,7 @@ def test_prepare_data_killed_mid_extraction_then_rerun(tmp_path):
     command = [sys.executable, "-m", "regenesis_pl.cli", "prepare", "data", "bigbench", "--tasks", *tasks,
                f"--data_dir={data}", f"--download_dir={downloads}"]
     first = downloads_dir(str(downloads)) / "extracted" / "bigbench-1.0.0" / tasks[0] / "task.json"
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 600
-        while not first.is_file():
-            assert proc.poll() is None, f"prepare data ended before the kill: {proc.stderr.read()[-2000:]!r}"
-            assert time.monotonic() < deadline, "nothing extracted after 600 s"
-            time.sleep(0.02)
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
+    kill_when(command, first.is_file)
     assert not (data / "bigbench" / tasks[1] / "provenance.json").exists()  # killed before the second task
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
     assert rerun.returncode == 0, rerun.stderr[-3000:]

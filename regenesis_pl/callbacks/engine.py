@@ -59,7 +59,6 @@ class EngineCallback(Callback):
         self.config = engine or EngineConfig()
         self.backend = self.config.backend
         self.model = model
-        self.push = push
         self.engine = None
         self._awake = True
         self._round = -1
@@ -104,7 +103,7 @@ class EngineCallback(Callback):
         name = self.model_name(pl_module)
         device = trainer.strategy.root_device
         device = str(device) if device.type == "cuda" else None
-        lora = bool(getattr(pl_module, "adapter_only", True)) and self.push != "merged"
+        lora = bool(getattr(pl_module, "adapter_only", True)) and self.weights.mode != "merged"
         log.info("engine: rank %d builds a %s engine for %s (once per run)", trainer.global_rank, self.backend, name)
         _release_cached_memory("engine build")
         self.engine = build_engine(self.config, name, enable_lora=lora, device=device)
@@ -146,10 +145,6 @@ class EngineCallback(Callback):
         has_engine = self.shard(trainer).has_engine
         if self.engine is None and has_engine:
             self._build(trainer, pl_module)
-        name, dtype = self.model_name(pl_module), self._engine_dtype(trainer)
-        start = time.perf_counter()  # a push: the dequantized QLoRA base (once per engine), then the weights
-        self.weights.serve_trained_base(trainer, pl_module, self.engine, name, dtype)
-        base_s = time.perf_counter() - start
         began = time.time()
         wake_s = 0.0
         if self.engine is not None and not self._awake:
@@ -158,9 +153,10 @@ class EngineCallback(Callback):
             self.engine.wake()
             self._awake = True
             wake_s = time.perf_counter() - start
-        start = time.perf_counter()
-        pushed = self.weights.push(trainer, pl_module, self.engine, self._round, name, dtype)
-        push_s = time.perf_counter() - start + base_s
+        start = time.perf_counter()  # a push includes loading the dequantized QLoRA base (once per engine)
+        pushed = self.weights.push(trainer, pl_module, self.engine, self._round, self.model_name(pl_module),
+                                   self._engine_dtype(trainer))
+        push_s = time.perf_counter() - start
         self._current = {"round": self._round if round_k is None else round_k, "purpose": purpose, "step": trainer.global_step,
                          "epoch": trainer.current_epoch, "pushed": pushed, "push_s": round(push_s, 4),
                          "wake_s": round(wake_s, 4), "adapter": self.served_adapter, "t0": time.perf_counter(),
@@ -255,7 +251,7 @@ class EngineCallback(Callback):
         import torch
 
         hparams = getattr(pl_module, "hparams", {})  # refuse before any round runs, not at the first push
-        check_push_settings(self.push, self.backend, str(hparams.get("mode", "lora")), int(hparams.get("lora_r", 0)),
+        check_push_settings(self.weights.mode, self.backend, str(hparams.get("mode", "lora")), int(hparams.get("lora_r", 0)),
                             self.config.max_lora_rank)
         local = max(1, int(getattr(trainer, "num_devices", 1) or 1))
         if trainer.strategy.root_device.type == "cpu" and local > 1 and "OMP_NUM_THREADS" not in os.environ:

@@ -23,7 +23,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Literal
 
-from regenesis_pl.atomic import write_json
+from regenesis_pl.atomic import read_json, write_json
 from regenesis_pl.engines.fingerprint import weights_fingerprint
 from regenesis_pl.engines.push_mode import check_mode, measured_choice, probe, static_choice
 from regenesis_pl.layout import RunLayout
@@ -81,6 +81,7 @@ class WeightPush:
     def push(self, trainer, pl_module, engine, round_k: int, model: str, dtype) -> bool:
         """Hand the current weights to this rank's engine (every rank calls this: writing may gather weights);
         ``model`` is the base model's name, ``dtype`` the engine's. Returns whether anything was pushed."""
+        self.serve_trained_base(trainer, pl_module, engine, model, dtype)  # QLoRA: once per engine
         key = self._weights_key(trainer, pl_module)
         if key == self._pushed_key:
             return False
@@ -125,7 +126,7 @@ class WeightPush:
             folder = self.layout.served_base
             made_from = {"model": model, "fingerprint": weights_fingerprint(self._base_folder(model), None),
                          "dtype": str(dtype), "quantization": "nf4, double quant"}
-            if trainer.is_global_zero and _read_marker(folder) != made_from:  # reused only if made from the same
+            if trainer.is_global_zero and _made_from(folder) != made_from:  # reused only if made from the same
                 pl_module.save_served_weights(folder, dtype, base_only=True)
                 write_json(folder / BASE_MARKER, made_from)
             trainer.strategy.barrier("regenesis-base")
@@ -199,12 +200,11 @@ class WeightPush:
             shutil.rmtree(self._pushed_dirs.pop(0), ignore_errors=True)
 
 
-def _read_marker(folder: Path) -> dict | None:
-    """What the dequantized base in ``folder`` was made from, or None when it is missing or incomplete."""
-    import json
 
+def _made_from(folder: Path) -> dict | None:
+    """What the dequantized base in ``folder`` was made from, or None when it is missing or incomplete."""
     try:
-        made_from = json.loads((folder / BASE_MARKER).read_text())
+        made_from = read_json(folder / BASE_MARKER, "dequantized base marker")
     except (OSError, ValueError):
         return None
     return made_from if (folder / "model.safetensors").is_file() else None

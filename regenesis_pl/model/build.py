@@ -157,10 +157,7 @@ def build_model(model: str = "embedded", mode: Mode = "lora", dtype: str = "auto
     net.config.use_cache = False
     gc_kwargs = {"use_reentrant": False}
     if mode == "full":
-        net.requires_grad_(True)
-        if gradient_checkpointing:
-            net.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
-        return net.to(device)
+        return _train_every_weight(net, gradient_checkpointing).to(device)
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if mode == "qlora":
@@ -192,6 +189,11 @@ def build_skeleton(model: str = "embedded", dtype: str = "auto", gradient_checkp
                                                trust_remote_code=trust_remote_code)
     net.tie_weights()  # from_config under init_empty_weights leaves a tied head untied
     net.config.use_cache = False
+    return _train_every_weight(net, gradient_checkpointing)
+
+
+def _train_every_weight(net, gradient_checkpointing: bool):
+    """Full fine-tuning: every weight trains; activations are recomputed in backward when asked."""
     net.requires_grad_(True)
     if gradient_checkpointing:
         net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
