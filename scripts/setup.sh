@@ -17,6 +17,10 @@ pip_() { "$VENV/bin/python" -m pip "$@" --disable-pip-version-check; }
 if [ "$PROFILE" = gpu ]; then
   echo "setup: installing regenesis_pl with the CUDA engine (vllm), QLoRA and dev extras"
   pip_ install -q -e ".[vllm,qlora,embedded,dev,loggers]"
+  # vLLM's install docs: without its pre-built FlashInfer kernels (flashinfer-cubin, flashinfer-jit-cache) an
+  # engine downloads or compiles them at its first start, which an offline GPU node cannot do.
+  echo "setup: installing vLLM's pre-built FlashInfer kernels (vllm download-kernels)"
+  "$VENV/bin/vllm" download-kernels || echo "setup: WARNING: vllm download-kernels failed; an engine will download or compile FlashInfer kernels when it first starts (needs network or nvcc)"
 else
   echo "setup: installing CPU torch (pinned: an open requirement could pull a multi-GB CUDA build)"
   pip_ install -q "torch==2.13.0"

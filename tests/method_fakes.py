@@ -59,3 +59,37 @@ def make_questions(n: int = 4) -> list[Question]:
     """n addition questions "What is i + 10?" with gold answer i + 10."""
     return [Question(id=f"q{i}", task="toy_add", text=f"What is {i} + 10?", answer_type=AnswerType.NUMERIC,
                      answer=str(i + 10)) for i in range(n)]
+
+
+class ShuffledStream(ScriptedEngine):
+    """A ``ScriptedEngine`` that also streams (``engines.streaming``): it finishes ONE pending request at a time,
+    picked in a seeded random order, and adds its follow-ups at once, so stages of different questions
+    interleave the way a busy engine would finish them. ``finished`` logs each request's stage in finishing order,
+    with a "+hint" suffix when its prompt shows the gold answer."""
+
+    def __init__(self, respond, order_seed: int = 0):
+        super().__init__(respond)
+        import random
+
+        self.rng = random.Random(order_seed)
+        self.finished: list[str] = []
+
+    def stream(self, requests, follow_up, progress=None):
+        pending = list(enumerate(requests))
+        total = len(pending)
+        while pending:
+            index, request = pending.pop(self.rng.randrange(len(pending)))
+            stage = stage_of(request.conversation)
+            hinted = "correct final answer is" in request.conversation[-1]["content"]
+            self.finished.append(stage + ("+hint" if hinted else ""))
+            completions = []
+            for i in range(request.sampling.n):
+                text = self.respond(stage, request.conversation, request.seed, i)
+                n_tok = len(text.split())
+                completions.append(Completion(text=text, num_tokens=n_tok,
+                                              finish_reason="length" if n_tok >= request.sampling.max_tokens else "stop"))
+            out = RequestOutput(completions=completions, prompt_tokens=len(request.conversation[-1]["content"].split()))
+            more = list(follow_up([(index, out)]))
+            pending += [(total + k, r) for k, r in enumerate(more)]
+            total += len(more)
+        return total

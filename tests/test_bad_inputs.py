@@ -298,7 +298,7 @@ def _sampling(**kwargs):
 
 
 def _cached(tmp, **kwargs):
-    from regenesis_pl.data.store import CachedEngine
+    from regenesis_pl.data.cached_engine import CachedEngine
 
     CachedEngine(object(), tmp / "store", **kwargs)
 

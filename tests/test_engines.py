@@ -341,6 +341,60 @@ def test_vllm_reports_each_request_as_it_finishes_and_aborts_the_rest_on_error(v
 
 @pytest.mark.slow
 @pytest.mark.vllm
+def test_vllm_stream_adds_follow_ups_to_the_running_batch(vllm_engine, vllm_greedy):
+    """A follow-up joins the engine the moment its request finishes, while longer requests still run; every text
+    is what plain generate calls give."""
+    from regenesis_pl.engines.base import Request
+
+    lengths = [o.completions[0].num_tokens for o in vllm_greedy]
+    assert max(lengths) - min(lengths) > 8, f"the prompts must finish at different steps: {lengths}"
+    short = SamplingConfig(max_tokens=4)
+    outputs, order = {}, []
+
+    def follow_up(done):
+        order.extend(i for i, _ in done)
+        outputs.update(done)
+        return [Request([{"role": "user", "content": f"Repeat: {out.completions[0].text[:60]}"}], short, 0, "echo")
+                for i, out in done if i < len(CONVERSATIONS)]
+
+    total = vllm_engine.stream([Request(c, GREEDY, 0, "ask") for c in CONVERSATIONS], follow_up)
+    assert total == 2 * len(CONVERSATIONS) and sorted(order) == list(range(total))
+    last_first = max(order.index(i) for i in range(len(CONVERSATIONS)))
+    assert any(order.index(j) < last_first for j in range(len(CONVERSATIONS), total)), order
+    assert texts([outputs[i] for i in range(len(CONVERSATIONS))]) == texts(vllm_greedy)
+    echoes = [[{"role": "user", "content": f"Repeat: {outputs[i].completions[0].text[:60]}"}]
+              for i in range(len(CONVERSATIONS))]
+    assert sorted(texts(outputs[j] for j in range(len(CONVERSATIONS), total))) == sorted(
+        texts(vllm_engine.generate(echoes, short)))
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_vllm_pipelined_round_and_stage_major_round_send_the_same_requests(vllm_engine, tmp_path):
+    """A round pipelined on the real engine fills a store that answers the stage-major round completely: the
+    same requests, so the same candidates."""
+    from regenesis_pl.data.cached_engine import CachedEngine
+    from regenesis_pl.method.synthesis import SynthesisConfig, synthesize_round
+    from regenesis_pl.tasks.types import AnswerType, Question
+
+    questions = [Question(id=f"add-{i}", task="toy_add", text=f"What is {i + 3} + {2 * i + 5}?",
+                          answer_type=AnswerType.NUMERIC, answer=str(3 * i + 8)) for i in range(2)]
+    settings = {"guidelines_per_question": 2, "plan_max_tokens": 16, "max_tokens": 48, "require_boxed": False,
+                    "hint_stages": ["adapt", "structure"], "seed": 3}
+    results = {}
+    for schedule in ("pipeline", "stage"):
+        cached = CachedEngine(vllm_engine, tmp_path)
+        results[schedule] = synthesize_round(cached, questions, SynthesisConfig(**settings, schedule=schedule))
+        results[schedule].store = cached.stats()
+        cached.store.close()
+    assert results["pipeline"].store["misses"] >= 12 and results["pipeline"].store["hits"] == 0
+    assert results["stage"].store["misses"] == 0
+    assert results["stage"].store["hits"] == results["pipeline"].store["misses"]
+    assert [c.to_dict() for c in results["stage"].candidates] == [c.to_dict() for c in results["pipeline"].candidates]
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
 def test_vllm_counts_prompt_tokens_its_prefix_cache_served(vllm_engine):
     """A long shared prompt sent twice: the second time its full cache blocks are served from the prefix cache."""
     long = [[{"role": "user", "content": "Count the words. " + " ".join(f"word{i}" for i in range(400))}]]
@@ -466,3 +520,25 @@ def test_fingerprint_ignores_the_order_peft_writes_target_modules_in(tmp_path):
     assert fingerprints[0] == fingerprints[1]
     (tmp_path / "adapter1" / "adapter_config.json").write_text(json.dumps({"r": 16, "target_modules": ["q_proj"]}))
     assert weights_fingerprint(str(base), str(tmp_path / "adapter1")) != fingerprints[0]
+
+
+def test_vllm_start_env_unsets_an_empty_kv_cache_variable_and_binds_cores_on_request(monkeypatch):
+    """vLLM's CPU workers die on ``int('')``: an empty VLLM_CPU_KVCACHE_SPACE is unset while the engine starts (and
+    put back after); cpu_bind: all binds every core, reserving none."""
+    import os
+    from types import SimpleNamespace
+
+    from regenesis_pl.engines.vllm_engine import _start_env, _temporary_env
+
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "")
+    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
+    env = _start_env(SimpleNamespace(cpu_bind="auto"), None, on_cpu=True)
+    assert env == {"VLLM_CPU_KVCACHE_SPACE": None}
+    with _temporary_env(env):
+        assert "VLLM_CPU_KVCACHE_SPACE" not in os.environ
+    assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == ""
+    bound = _start_env(SimpleNamespace(cpu_bind="all"), None, on_cpu=True)
+    assert bound["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
+    assert bound["VLLM_CPU_OMP_THREADS_BIND"] == ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "4")
+    assert _start_env(SimpleNamespace(cpu_bind="auto"), None, on_cpu=True) == {}

@@ -12,8 +12,9 @@ import json
 import pytest
 
 from regenesis_pl.atomic import write_jsonl
+from regenesis_pl.data.cached_engine import CachedEngine
 from regenesis_pl.data.sft_records import load_sft_records, sft_records
-from regenesis_pl.data.store import CachedEngine, GenerationStore, prepare_store_dir, request_key
+from regenesis_pl.data.store import GenerationStore, prepare_store_dir, request_key
 from regenesis_pl.engines.base import Completion, Engine, RequestOutput, SamplingConfig
 from regenesis_pl.method.records import Candidate
 from regenesis_pl.tasks.types import AnswerType, Question
@@ -313,3 +314,45 @@ def test_sft_export_round_trip(tmp_path):
         load_sft_records(tmp_path / "bad.jsonl")
     with pytest.raises(FileNotFoundError):
         load_sft_records(tmp_path / "absent.jsonl")
+
+
+def test_a_stream_through_the_store_answers_stored_requests_first_and_stores_before_any_follow_up(tmp_path):
+    """Stored requests are answered (and their follow-ups asked for) before the engine runs; a request repeated
+    while its twin runs is generated once; each output is durable before its follow-ups are asked for."""
+    from regenesis_pl.engines.base import Request
+
+    inner = EchoEngine()
+    eng = CachedEngine(inner, tmp_path)
+    eng.generate(_convs(2), SAMPLING, request_seeds=[0, 1])
+    convs = _convs(3)
+    first = [Request(c, SAMPLING, s, "a") for c, s in zip(convs, [0, 1, 2])] + [Request(convs[2], SAMPLING, 2, "a")]
+    seen, stored_then = [], {}
+
+    def follow_up(done):
+        seen.extend(i for i, _ in done)
+        stored_then.update((i, len(eng.store)) for i, _ in done)
+        return [Request([{"role": "user", "content": f"next {i}"}], SAMPLING, 0, "b") for i, _ in done if i < 4]
+
+    inner.calls = inner.requests = 0
+    assert eng.stream(first, follow_up) == 8
+    assert sorted(seen) == list(range(8)) and set(seen[:2]) == {0, 1}
+    assert (inner.requests, eng.hits) == (1 + 4, 2)  # request 2 once (3 is its twin), then the follow-ups of 0..3
+    assert stored_then[2] >= 3 and stored_then[3] >= 3
+
+
+def test_a_stream_killed_mid_way_resumes_generating_only_what_is_missing(tmp_path):
+    from regenesis_pl.engines.base import Request
+
+    def follow_up(done):
+        return [Request([{"role": "user", "content": f"then {i}"}], SAMPLING, 5, "b") for i, _ in done if i < 4]
+
+    first = [Request(c, SAMPLING, s, "a") for s, c in enumerate(_convs(4))]
+    dying = CachedEngine(EchoEngine(fail_after_calls=1), tmp_path)  # the second wave (the follow-ups) fails
+    with pytest.raises(RuntimeError, match="engine died"):
+        dying.stream(first, follow_up)
+    dying.store.close()
+    assert len(GenerationStore(tmp_path)) == 4
+    inner = EchoEngine()
+    rerun = CachedEngine(inner, tmp_path)
+    assert rerun.stream(first, follow_up) == 8
+    assert (rerun.hits, rerun.misses, inner.requests) == (4, 4, 4)

@@ -133,7 +133,8 @@ class EvaluationCallback(Callback):
     def evaluate(self, trainer, pl_module, name: str, round_k: int, kind: str) -> dict[str, Any] | None:
         """Evaluate the current weights on every rank; rank 0 writes ``eval/<name>.json``, logs and returns the
         summary (other ranks return None once every share is written)."""
-        from regenesis_pl.data.store import CachedEngine, prepare_store_dir
+        from regenesis_pl.data.cached_engine import CachedEngine
+        from regenesis_pl.data.store import prepare_store_dir
         from regenesis_pl.evaluation import evaluate_questions
 
         questions = self.questions()

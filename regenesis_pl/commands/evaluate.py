@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 
-from regenesis_pl.data.store import CachedEngine, prepare_store_dir
+from regenesis_pl.data.cached_engine import CachedEngine
+from regenesis_pl.data.store import prepare_store_dir
 from regenesis_pl.engines.factory import EngineConfig, build_engine
 from regenesis_pl.evaluation import EvalResult, evaluate_questions, write_eval_report
 from regenesis_pl.hashing import digest

@@ -53,8 +53,9 @@ class ReGenesisDataModule(LightningDataModule):
         val_fraction: Share of a round's questions whose paths are held out for the validation loss.
         num_workers: DataLoader worker processes (0 = load in the training process).
         run_dir: Run directory (``regenesis_pl.layout``); round k's synthesis lives in ``<run_dir>/round-<k>/``.
-        flush_every: At most this many generation requests per engine call; None (default): a whole stage in
-            one call. Each completion is stored the moment it finishes either way.
+        flush_every: At most this many generation requests per engine call of an evaluation or of a stage-major
+            round (``synthesis.schedule: stage``); None (default): one call. A pipelined round streams its
+            requests. Each completion is stored the moment it finishes either way.
         seed: Seed of the batch order and of the held-out split.
     """
 

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from regenesis_pl.atomic import read_json, write_json, write_jsonl, write_text
+from regenesis_pl.data.cached_engine import CachedEngine
 from regenesis_pl.data.sft_records import load_candidates, sft_records
-from regenesis_pl.data.store import CachedEngine, prepare_store_dir
+from regenesis_pl.data.store import prepare_store_dir
 from regenesis_pl.engines.base import Engine
 from regenesis_pl.hashing import digest
 from regenesis_pl.layout import RunLayout
@@ -39,9 +40,10 @@ from regenesis_pl.method.synthesis import (
 from regenesis_pl.sharding import DEFAULT_WAIT_MINUTES, Shard, clear_failed, mark_failed, wait_for_files
 from regenesis_pl.tasks.types import Question
 
-# SynthesisConfig fields that only decide which generated paths are kept (not what is generated).
-FILTER_ONLY = ("require_boxed", "use_gold", "min_agreement", "judge", "max_path_tokens", "max_paths_per_question",
-               "dedup_threshold", "chunk_size")
+# SynthesisConfig fields that never change what is generated: which generated paths are kept, and how the
+# requests are grouped and scheduled.
+NOT_GENERATION = ("require_boxed", "use_gold", "min_agreement", "judge", "max_path_tokens", "max_paths_per_question",
+                  "dedup_threshold", "chunk_size", "schedule")
 
 
 class EmptyRoundError(RuntimeError):
@@ -67,7 +69,7 @@ def synthesis_meta(questions: list[Question], synthesis: SynthesisConfig, round:
         served: ``{"backend", "dtype", "weights_id"}`` of the engine (rank 0's in a fit, so every rank, also one
             without an engine, names the round alike); None for method="gt" (no engine).
     """
-    config = {k: v for k, v in asdict(synthesis).items() if k not in FILTER_ONLY}
+    config = {k: v for k, v in asdict(synthesis).items() if k not in NOT_GENERATION}
     served = served or {}
     return {
         "method": synthesis.method,
@@ -106,8 +108,8 @@ def synthesize_to_store(engine: Engine | None, questions: list[Question], synthe
         synthesis: Method, sampling and filter settings.
         round: Self-improvement round (part of the seeds, the lineage and the directory name).
         run_dir: Run directory; this round writes under ``<run_dir>/round-<round>``.
-        flush_every: At most this many requests per engine call; None: each stage in one call. Completions
-            are stored the moment they finish either way.
+        flush_every: At most this many requests per engine call of a stage-major round; None: each stage in one
+            call. A pipelined round streams its requests. Completions are stored the moment they finish either way.
         require_kept: Raise ``EmptyRoundError`` when no path is kept.
         model: Model name for the meta and the summary.
         adapter: Adapter folder served (for the summary; the store is keyed by the weights' content).

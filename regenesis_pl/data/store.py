@@ -1,12 +1,10 @@
 """The on-disk generation store: every completion is written once, so any interrupted run resumes.
 
-``CachedEngine`` wraps any ``Engine``. Each request is keyed by what determines its output: the served
-weights (``engine.weights_id``: base model + adapter), the exact rendered prompt text, the sampling
-settings (without the base seed) and the request's own seed. Hits are read back from the store's
-``generations*.jsonl`` files (one per writing process). Misses go to the engine together (one call, or calls of
-at most ``flush_every`` requests), and each one is appended, flushed and fsynced the moment the engine finishes
-it (``on_finished``), so a kill loses only the requests still running and no request waits for a slower one
-to be saved. A stage function that calls ``engine.generate`` becomes resumable without knowing.
+Each request is keyed by what determines its output (``request_key``): the served weights
+(``engine.weights_id``: base model + adapter), the exact rendered prompt text, the sampling settings (without
+the base seed) and the request's own seed. Records live in ``generations*.jsonl`` files (one per writing
+process), appended, flushed and fsynced one finished request at a time. ``data.cached_engine.CachedEngine``
+is the engine that answers from a store and generates only what is missing.
 
 Run directories carry a ``meta.json`` (method, round, model, weights, guideline set, config).
 ``prepare_store_dir`` gives each distinct meta its own sub-store, so a run directory reused with other
@@ -19,15 +17,17 @@ import dataclasses
 import json
 import logging
 import os
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from regenesis_pl.atomic import write_json
-from regenesis_pl.chat import render_prompt
-from regenesis_pl.engines.base import Completion, Conversation, Engine, RequestOutput, SamplingConfig
-from regenesis_pl.hashing import config_differences, digest, resolve_request_seeds
+from regenesis_pl.engines.base import (
+    Completion,
+    RequestOutput,
+    SamplingConfig,
+)
+from regenesis_pl.hashing import config_differences, digest
 from regenesis_pl.layout import make_dir
 
 log = logging.getLogger(__name__)
@@ -182,165 +182,6 @@ def _lock(handle, path: Path) -> None:
     except BlockingIOError:
         raise RuntimeError(f"store {path} is in use by another running job (or another open store in this "
                            "process); wait for it to finish or use another run directory") from None
-
-
-class CachedEngine:
-    """An ``Engine`` that answers from a ``GenerationStore`` and generates (and stores) only what is missing.
-
-    Args:
-        engine: The engine doing the real generation.
-        store_dir: Store directory (``generations.jsonl`` inside).
-        flush_every: At most this many requests per engine call; None: all missing requests in one call.
-            Completions are stored as they finish either way.
-        shard: This process's shard name (see ``GenerationStore``); "" for a single process.
-    """
-
-    def __init__(self, engine: Engine, store_dir: str | os.PathLike, flush_every: int | None = None,
-                 shard: str = "") -> None:
-        if flush_every is not None and flush_every < 1:
-            raise ValueError(f"CachedEngine: flush_every={flush_every} must be >= 1 (or None: one call)")
-        self.engine = engine
-        self.store = GenerationStore(store_dir, shard)
-        self.flush_every = flush_every
-        self.name = f"cached({engine.name})"
-        self.hits = 0            # requests answered from the store
-        self.misses = 0          # requests generated (and stored) by this instance
-        self.generated_tokens = 0
-        self.cached_tokens = 0
-        self.generate_seconds = 0.0
-        self._prefix_start = dict(getattr(engine, "prefix_cache", None) or {})
-
-    # -- Engine protocol: delegation -------------------------------------------------------------------
-    @property
-    def tokenizer(self):
-        return self.engine.tokenizer
-
-    @property
-    def weights_id(self) -> str:
-        return self.engine.weights_id
-
-    def set_adapter(self, adapter_dir: str | None) -> None:
-        self.engine.set_adapter(adapter_dir)
-
-    def load_weights(self, model_dir: str, weights_id: str | None = None) -> None:
-        self.engine.load_weights(model_dir, weights_id)
-
-    def sleep(self) -> None:
-        self.engine.sleep()
-
-    def wake(self) -> None:
-        self.engine.wake()
-
-    def close(self) -> None:
-        self.store.close()
-        self.engine.close()
-
-    def stats(self) -> dict[str, Any]:
-        """Counters for summaries: hits, misses, stored records, skipped lines, generated tokens, time."""
-        return {
-            "store": str(self.store.path),
-            "hits": self.hits,
-            "misses": self.misses,
-            "stored": len(self.store),
-            "skipped_lines": self.store.skipped_lines,
-            "generated_tokens": self.generated_tokens,
-            "cached_tokens": self.cached_tokens,
-            "generate_seconds": round(self.generate_seconds, 3),
-            **self._prefix_counts(),
-        }
-
-    def _prefix_counts(self) -> dict[str, int]:
-        """Prompt tokens sent to the engine by this instance and how many its prefix cache served (vLLM)."""
-        now = getattr(self.engine, "prefix_cache", None)
-        if not now:
-            return {}
-        return {f"prefix_{k}": now[k] - self._prefix_start.get(k, 0) for k in ("prompt_tokens", "cached_tokens")}
-
-    # -- generation ------------------------------------------------------------------------------------
-    def generate(
-        self,
-        conversations: Sequence[Conversation],
-        sampling: SamplingConfig,
-        request_seeds: Sequence[int] | None = None,
-        progress: str | None = None,
-    ) -> list[RequestOutput]:
-        """Like ``Engine.generate``; requests already in the store are not generated again."""
-        request_seeds = resolve_request_seeds(len(conversations), sampling.seed, request_seeds)
-        weights = self.engine.weights_id
-        keys = [request_key(weights, render_prompt(self.tokenizer, conv), sampling, seed)
-                for conv, seed in zip(conversations, request_seeds)]
-        todo: dict[str, int] = {}  # missing key -> first request index (duplicates are generated once)
-        for i, key in enumerate(keys):
-            if key not in self.store and key not in todo:
-                todo[key] = i
-        fresh: dict[str, RequestOutput] = {}
-        bar = _StageBar(progress, total=len(keys), done=len(keys) - len(todo))
-        info = {"weights_id": weights, "sampling": sampling.key(), "label": progress or ""}
-        pending = list(todo.items())
-        step = self.flush_every or max(1, len(pending))
-        try:
-            for start in range(0, len(pending), step):
-                batch = pending[start:start + step]
-
-                def store(finished: list[tuple[int, RequestOutput]], batch=batch) -> None:
-                    items = [(batch[j][0], out, {**info, "seed": int(request_seeds[batch[j][1]])}) for j, out in finished]
-                    self.store.append(items)  # durable before the engine steps on
-                    fresh.update((key, out) for key, out, _ in items)
-                    tokens = sum(c.num_tokens for _, out in finished for c in out.completions)
-                    self.misses += len(finished)
-                    self.generated_tokens += tokens
-                    bar.advance(len(finished), len(finished) * sampling.n, tokens)
-
-                t0 = time.perf_counter()
-                outs = self.engine.generate([conversations[i] for _, i in batch], sampling,
-                                            request_seeds=[request_seeds[i] for _, i in batch], progress=None,
-                                            on_finished=store)
-                self.generate_seconds += time.perf_counter() - t0
-                if len(outs) != len(batch):
-                    raise RuntimeError(f"engine {self.engine.name} returned {len(outs)} outputs for "
-                                       f"{len(batch)} requests")
-                unreported = [(j, out) for j, out in enumerate(outs) if batch[j][0] not in fresh]
-                if unreported:  # an engine that reports nothing (or not everything) as it goes
-                    store(unreported)
-        finally:
-            bar.close()
-        results = []
-        for i, key in enumerate(keys):
-            if key in fresh and todo[key] == i:
-                results.append(fresh[key])
-                continue
-            out = fresh.get(key) or self.store.get(key)
-            self.hits += 1
-            self.cached_tokens += sum(c.num_tokens for c in out.completions)
-            results.append(out)
-        return results
-
-
-class _StageBar:
-    """A tqdm bar per stage with generated paths/s and tokens/s in its postfix (silent when no label)."""
-
-    def __init__(self, label: str | None, total: int, done: int) -> None:
-        self._bar = None
-        self._start = time.perf_counter()
-        self._paths = self._tokens = 0
-        if label:
-            from tqdm.auto import tqdm
-
-            self._bar = tqdm(total=total, initial=done, desc=label, unit="req", dynamic_ncols=True)
-            if done:
-                self._bar.set_postfix_str(f"{done} from store")
-
-    def advance(self, requests: int, paths: int, tokens: int) -> None:
-        self._paths += paths
-        self._tokens += tokens
-        if self._bar is not None:
-            secs = max(time.perf_counter() - self._start, 1e-9)
-            self._bar.set_postfix_str(f"{self._paths / secs:.2f} paths/s, {self._tokens / secs:.1f} tok/s")
-            self._bar.update(requests)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
 
 
 # -- run directories ------------------------------------------------------------------------------------

@@ -77,6 +77,28 @@ class RequestOutput:
     extra: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Request:
+    """One conversation to complete, with its own sampling settings and seed (a unit of ``engines.streaming``).
+
+    Attributes:
+        conversation: The chat messages.
+        sampling: Its sampling settings (``n`` completions).
+        seed: Its request seed (completion seeds derive from it, see ``hashing.completion_seed``).
+        label: The stage it belongs to ("adapt", "path", ...), for ledgers and progress.
+    """
+
+    conversation: Conversation
+    sampling: SamplingConfig
+    seed: int
+    label: str = ""
+
+
+# What a stream calls with the requests finished since its last call ((index, output), each request once);
+# it returns the follow-up requests to add to the same stream (indices continue after the last one given).
+FollowUp = Callable[[list[tuple[int, RequestOutput]]], Sequence[Request]]
+
+
 @runtime_checkable
 class Engine(Protocol):
     """What synthesis, evaluation and the callbacks need from a generation backend."""

@@ -59,24 +59,32 @@ def encode_conversations(tokenizer, conversations: Sequence[Conversation], max_m
 
 
 def make_jobs(prompt_ids: Sequence[Sequence[int]], sampling: SamplingConfig,
-              request_seeds: Sequence[int] | None) -> list[Job]:
-    """One job per completion, request-major; request seeds as ``resolve_request_seeds`` gives them."""
+              request_seeds: Sequence[int] | None, first: int = 0) -> list[Job]:
+    """One job per completion, request-major; request seeds as ``resolve_request_seeds`` gives them. The
+    requests are numbered from ``first`` (a stream numbers the requests it adds after those it has)."""
     seeds = resolve_request_seeds(len(prompt_ids), sampling.seed, request_seeds)
     jobs = []
     for i, ids in enumerate(prompt_ids):
         base = seeds[i]
         for j in range(sampling.n):
-            jobs.append(Job(request=i, sample=j, prompt_ids=tuple(ids), seed=completion_seed(base, j)))
+            jobs.append(Job(request=first + i, sample=j, prompt_ids=tuple(ids), seed=completion_seed(base, j)))
     return jobs
 
 
 class OutputCollector:
     """Completions of jobs, in any order, into one ``RequestOutput`` per request; ``add`` says when a request
-    has all its ``n`` completions (what an engine reports through ``on_finished``)."""
+    has all its completions (what an engine reports through ``on_finished``). ``extend`` adds requests to a
+    running collection (a stream's follow-ups)."""
 
-    def __init__(self, prompt_ids: Sequence[Sequence[int]], n: int) -> None:
-        self.outputs = [RequestOutput(completions=[None] * n, prompt_tokens=len(ids)) for ids in prompt_ids]
-        self._left = [n] * len(prompt_ids)
+    def __init__(self, prompt_ids: Sequence[Sequence[int]] = (), n: int = 1) -> None:
+        self.outputs: list[RequestOutput] = []
+        self._left: list[int] = []
+        self.extend(prompt_ids, [n] * len(prompt_ids))
+
+    def extend(self, prompt_ids: Sequence[Sequence[int]], ns: Sequence[int]) -> None:
+        """Add requests (numbered after the existing ones) with ``ns[i]`` completions each."""
+        self.outputs += [RequestOutput(completions=[None] * n, prompt_tokens=len(ids)) for ids, n in zip(prompt_ids, ns)]
+        self._left += list(ns)
 
     def add(self, job: Job, completion: Completion) -> tuple[int, RequestOutput] | None:
         """Place ``completion``; ``(request, output)`` when that was the request's last one, else None."""

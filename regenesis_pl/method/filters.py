@@ -22,9 +22,10 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 
-from regenesis_pl.engines.base import Engine, SamplingConfig
+from regenesis_pl.engines.base import Engine, Request, SamplingConfig
 from regenesis_pl.hashing import stable_rng, stable_seed
-from regenesis_pl.method.ledger import TokenLedger, run_stage
+from regenesis_pl.method.flows import Flow, drive
+from regenesis_pl.method.ledger import TokenLedger
 from regenesis_pl.method.prompts import judge_prompt, parse_judgement
 from regenesis_pl.method.records import Candidate, Verdict
 from regenesis_pl.tasks.grading import canonical_answer, extract_answer, grade
@@ -150,18 +151,20 @@ def drop_hint_leaks(candidates: Sequence[Candidate]) -> Sequence[Candidate]:
     return candidates
 
 
-def judge_gate(engine: Engine, candidates: Sequence[Candidate], questions: Mapping[str, Question],
-               max_tokens: int = 16, seed: int = 0, ledger: TokenLedger | None = None) -> Sequence[Candidate]:
+def judge_flow(candidates: Sequence[Candidate], questions: Mapping[str, Question], max_tokens: int = 16,
+               seed: int = 0) -> Flow[Sequence[Candidate]]:
     """Second gate (released scripts): the model, greedy, says whether each accepted path agrees with gold.
 
-    One engine call for all accepted candidates; replies without a clear "yes" become JUDGE_REJECTED.
-    The reply is only searched for a yes/no word, never executed or evaluated.
+    One step for all accepted candidates (none when there are none); replies without a clear "yes" become
+    JUDGE_REJECTED. The reply is only searched for a yes/no word, never executed or evaluated.
     """
     todo = [c for c in candidates if c.verdict in ACCEPTED]
+    if not todo:
+        return candidates
     greedy = SamplingConfig(n=1, temperature=0.0, max_tokens=max_tokens, seed=seed)
-    outputs = run_stage(engine, "judge", [judge_prompt(_question(questions, c), c.path) for c in todo], greedy,
-                        [stable_seed(seed, c.round, "judge", c.question_id, c.guideline_id, int(c.hint),
-                                     c.sample_index) for c in todo], ledger)
+    outputs = yield [Request(judge_prompt(_question(questions, c), c.path), greedy,
+                             stable_seed(seed, c.round, "judge", c.question_id, c.guideline_id, int(c.hint),
+                                         c.sample_index), "judge") for c in todo]
     for c, out in zip(todo, outputs):
         reply = out.completions[0].text
         verdict = parse_judgement(reply)
@@ -170,6 +173,12 @@ def judge_gate(engine: Engine, candidates: Sequence[Candidate], questions: Mappi
         if not verdict:
             c.verdict = Verdict.JUDGE_REJECTED
     return candidates
+
+
+def judge_gate(engine: Engine, candidates: Sequence[Candidate], questions: Mapping[str, Question],
+               max_tokens: int = 16, seed: int = 0, ledger: TokenLedger | None = None) -> Sequence[Candidate]:
+    """``judge_flow`` in one engine call."""
+    return drive(engine, judge_flow(candidates, questions, max_tokens, seed), ledger)
 
 
 def normalize(text: str) -> list[str]:
@@ -224,12 +233,11 @@ def select_kept(candidates: Sequence[Candidate], max_per_question: int | None = 
     return candidates
 
 
-def filter_candidates(candidates: Sequence[Candidate], questions: Mapping[str, Question], use_gold: bool = True,
-                      min_agreement: float = 0.0, require_boxed: bool = True, max_path_tokens: int | None = 800,
-                      max_per_question: int | None = 5, dedup_threshold: float | None = 0.9,
-                      judge_engine: Engine | None = None, seed: int = 0,
-                      ledger: TokenLedger | None = None) -> Sequence[Candidate]:
-    """All gates in order (see the module docstring); ``judge_engine`` None skips the judge gate."""
+def filter_flow(candidates: Sequence[Candidate], questions: Mapping[str, Question], use_gold: bool = True,
+                min_agreement: float = 0.0, require_boxed: bool = True, max_path_tokens: int | None = 800,
+                max_per_question: int | None = 5, dedup_threshold: float | None = 0.9, judge: bool = False,
+                seed: int = 0) -> Flow[Sequence[Candidate]]:
+    """All gates in order (see the module docstring); a step only for the judge, when ``judge`` is on."""
     for c in candidates:
         c.kept = False
     if use_gold:
@@ -238,6 +246,17 @@ def filter_candidates(candidates: Sequence[Candidate], questions: Mapping[str, Q
         majority_vote(candidates, questions, min_agreement, require_boxed)
     cap_length(candidates, max_path_tokens)
     drop_hint_leaks(candidates)
-    if judge_engine is not None:
-        judge_gate(judge_engine, candidates, questions, seed=seed, ledger=ledger)
+    if judge:
+        yield from judge_flow(candidates, questions, seed=seed)
     return select_kept(candidates, max_per_question, dedup_threshold, seed=seed)
+
+
+def filter_candidates(candidates: Sequence[Candidate], questions: Mapping[str, Question], use_gold: bool = True,
+                      min_agreement: float = 0.0, require_boxed: bool = True, max_path_tokens: int | None = 800,
+                      max_per_question: int | None = 5, dedup_threshold: float | None = 0.9,
+                      judge_engine: Engine | None = None, seed: int = 0,
+                      ledger: TokenLedger | None = None) -> Sequence[Candidate]:
+    """``filter_flow`` with its judge step (when ``judge_engine`` is given) as one engine call."""
+    return drive(judge_engine, filter_flow(candidates, questions, use_gold, min_agreement, require_boxed,
+                                           max_path_tokens, max_per_question, dedup_threshold,
+                                           judge_engine is not None, seed), ledger)

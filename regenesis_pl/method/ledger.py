@@ -14,7 +14,7 @@ class TokenLedger:
     """Engine usage of a round, by stage name ("select", "adapt", "structure", "path", "judge", "cot", ...).
 
     Attributes:
-        calls: Engine calls per stage.
+        calls: Engine calls per stage (stage-major), or streams the stage ran in (pipelined).
         requests: Requests (conversations) per stage.
         prompt_tokens: Prompt tokens per stage (as reported by the engine).
         generated_tokens: Generated tokens per stage, summed over all completions.
@@ -25,8 +25,9 @@ class TokenLedger:
     prompt_tokens: Counter = field(default_factory=Counter)
     generated_tokens: Counter = field(default_factory=Counter)
 
-    def record(self, stage: str, outputs: Sequence[RequestOutput]) -> None:
-        self.calls[stage] += 1
+    def record(self, stage: str, outputs: Sequence[RequestOutput], calls: int = 1) -> None:
+        """Count ``outputs`` of ``stage``, as ``calls`` engine calls (0 inside a stream, see ``flows.run_flows``)."""
+        self.calls[stage] += calls
         self.requests[stage] += len(outputs)
         self.prompt_tokens[stage] += sum(o.prompt_tokens for o in outputs)
         self.generated_tokens[stage] += sum(c.num_tokens for o in outputs for c in o.completions)
@@ -72,13 +73,19 @@ def run_stage(
     if not conversations:
         return []
     outputs = engine.generate(list(conversations), sampling, request_seeds=list(seeds), progress=stage)
-    if len(outputs) != len(conversations):
-        raise RuntimeError(f"engine {getattr(engine, 'name', '?')}: stage {stage} got {len(outputs)} outputs "
-                           f"for {len(conversations)} requests")
-    for out in outputs:
-        if len(out.completions) != sampling.n:
-            raise RuntimeError(f"engine {getattr(engine, 'name', '?')}: stage {stage} got "
-                               f"{len(out.completions)} completions where n={sampling.n}")
+    check_outputs(engine, stage, outputs, sampling.n, len(conversations))
     if ledger is not None:
         ledger.record(stage, outputs)
     return outputs
+
+
+def check_outputs(engine: Engine, stage: str, outputs: Sequence[RequestOutput], n: int,
+                  expected: int | None = None) -> None:
+    """Raise RuntimeError when the engine returned a different number of outputs (``expected``, when given) or of
+    completions per output (``n``) than asked for."""
+    name = getattr(engine, "name", "?")
+    if expected is not None and len(outputs) != expected:
+        raise RuntimeError(f"engine {name}: stage {stage} got {len(outputs)} outputs for {expected} requests")
+    for out in outputs:
+        if len(out.completions) != n:
+            raise RuntimeError(f"engine {name}: stage {stage} got {len(out.completions)} completions where n={n}")

@@ -1,10 +1,11 @@
-"""The three ReGenesis stages (adapt -> structure -> path), batched stage-major over many questions.
+"""The three ReGenesis stages (adapt -> structure -> path) as flows over drafts (see ``method.flows``).
 
 A ``Draft`` is a candidate in the making: its question, the seed guideline(s) it starts from, and the
-``Candidate`` record that accumulates the lineage. Each stage function sends ONE engine call for all drafts
-it is given (all adaptations of a chunk of questions, then all structures, then all paths), with a
-per-request seed derived from the draft's identity (round, stage, question id, guideline id, hint pass),
-never from its position in the batch, so a resumed run rebuilds identical requests.
+``Candidate`` record that accumulates the lineage. ``stages_flow`` yields one step per stage for all drafts
+it is given (all their adaptations, then all structures, then all paths); driven over a chunk of questions
+that is one engine call per stage, run per question in a stream each question moves on by itself. Every
+request's seed derives from the draft's identity (round, stage, question id, guideline id, hint pass), never
+from its position or schedule, so a resumed or differently scheduled run rebuilds identical requests.
 
 Candidate sets:
 - "paper": one draft per seed guideline (``paper_drafts``), optionally a seeded subset per question.
@@ -18,10 +19,10 @@ import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from regenesis_pl.engines.base import Conversation, Engine, SamplingConfig
+from regenesis_pl.engines.base import Conversation, Request, SamplingConfig
 from regenesis_pl.hashing import stable_rng, stable_seed
+from regenesis_pl.method.flows import Flow
 from regenesis_pl.method.guidelines import Guideline
-from regenesis_pl.method.ledger import TokenLedger, run_stage
 from regenesis_pl.method.prompts import (
     adapt_prompt,
     parse_selection,
@@ -84,10 +85,9 @@ def paper_drafts(questions: Sequence[Question], guidelines: Sequence[Guideline],
     return drafts
 
 
-def select_guidelines(engine: Engine, questions: Sequence[Question], guidelines: Sequence[Guideline],
-                      num_selections: int, sampling: SamplingConfig, round: int = 0, seed: int = 0,
-                      ledger: TokenLedger | None = None) -> tuple[list[Draft], int]:
-    """Released-scripts variant: sample ``num_selections`` picks of 2-3 guidelines per question (one call).
+def selection_flow(questions: Sequence[Question], guidelines: Sequence[Guideline], num_selections: int,
+                   sampling: SamplingConfig, round: int = 0, seed: int = 0) -> Flow[tuple[list[Draft], int]]:
+    """Released-scripts variant: sample ``num_selections`` picks of 2-3 guidelines per question (one step).
 
     Returns:
         The selection drafts (guideline id ``"sel-<j>"``) and the number of replies that named no valid
@@ -95,12 +95,12 @@ def select_guidelines(engine: Engine, questions: Sequence[Question], guidelines:
     """
     if num_selections < 1:
         return [], 0
-    requests = [(q, j) for q in questions for j in range(num_selections)]
+    picks = [(q, j) for q in questions for j in range(num_selections)]
     single = replace(sampling, n=1)
-    outputs = run_stage(engine, "select", [selection_prompt(q, guidelines) for q, _ in requests], single,
-                        [stable_seed(seed, round, "select", q.id, j) for q, j in requests], ledger)
+    outputs = yield [Request(selection_prompt(q, guidelines), single, stable_seed(seed, round, "select", q.id, j),
+                             "select") for q, j in picks]
     drafts, unparsed = [], 0
-    for (q, j), out in zip(requests, outputs):
+    for (q, j), out in zip(picks, outputs):
         completion = out.completions[0]
         picked = parse_selection(completion.text, len(guidelines))
         if not picked:
@@ -135,75 +135,23 @@ def _seed(seed: int, stage: str, record: Candidate) -> int:
     return stable_seed(seed, record.round, stage, record.question_id, record.guideline_id, int(record.hint))
 
 
-def adapt_guidelines(engine: Engine, drafts: Sequence[Draft], sampling: SamplingConfig, show_hint: bool = False,
-                     seed: int = 0, ledger: TokenLedger | None = None) -> list[Draft]:
-    """Stage 1, one engine call: each draft's guideline(s) rewritten for its question (fills ``adapted``).
-
-    Args:
-        engine: Generation engine.
-        drafts: Drafts to adapt (any number of questions).
-        sampling: Sampling settings (``n`` is forced to 1: one adaptation per draft).
-        show_hint: Put the gold answer in the prompt (hint pass with "adapt" in its hint stages).
-        seed: Base seed of the round.
-        ledger: Token accounting, or None.
-    """
-    prompts = [adapt_prompt(d.question, d.guidelines, show_hint) for d in drafts]
-    return _plan_stage(engine, "adapt", "adapted", prompts, drafts, sampling, show_hint, seed, ledger)
-
-
-def build_structures(engine: Engine, drafts: Sequence[Draft], sampling: SamplingConfig, show_hint: bool = False,
-                     seed: int = 0, ledger: TokenLedger | None = None) -> list[Draft]:
-    """Stage 2, one engine call: a step-by-step reasoning structure per adapted draft (fills ``structure``).
-
-    Args:
-        engine: Generation engine.
-        drafts: Drafts whose ``record.adapted`` is filled.
-        sampling: Sampling settings (``n`` is forced to 1).
-        show_hint: Put the gold answer in the prompt.
-        seed: Base seed of the round.
-        ledger: Token accounting, or None.
-    """
-    missing = [d.record.question_id for d in drafts if not d.record.adapted]
-    if missing:
-        raise ValueError(f"build_structures: {len(missing)} drafts (e.g. question {missing[0]}) have no adapted "
-                         "guideline; run adapt_guidelines first")
-    prompts = [structure_prompt(d.question, d.record.adapted, show_hint) for d in drafts]
-    return _plan_stage(engine, "structure", "structure", prompts, drafts, sampling, show_hint, seed, ledger)
-
-
-def _plan_stage(engine: Engine, stage: str, field: str, prompts: list[Conversation], drafts: Sequence[Draft],
-                sampling: SamplingConfig, show_hint: bool, seed: int, ledger: TokenLedger | None) -> list[Draft]:
-    """One engine call of a planning stage (adapt, structure): one reply per draft, stored in ``record.<field>``."""
-    outputs = run_stage(engine, stage, prompts, replace(sampling, n=1),
-                        [_seed(seed, stage, d.record) for d in drafts], ledger)
+def _plan_step(stage: str, field: str, prompts: list[Conversation], drafts: Sequence[Draft],
+               sampling: SamplingConfig, show_hint: bool, seed: int) -> Flow[None]:
+    """A planning stage (adapt, structure): one reply per draft, stored in ``record.<field>``."""
+    single = replace(sampling, n=1)
+    outputs = yield [Request(prompt, single, _seed(seed, stage, d.record), stage) for prompt, d in zip(prompts, drafts)]
     for d, out in zip(drafts, outputs):
         c = out.completions[0]
         setattr(d.record, field, c.text.strip())
         _note(d.record, stage, c.finish_reason, c.num_tokens, show_hint)
-    return list(drafts)
 
 
-def write_paths(engine: Engine, drafts: Sequence[Draft], sampling: SamplingConfig, show_hint: bool = False,
-                seed: int = 0, ledger: TokenLedger | None = None) -> list[Candidate]:
-    """Stage 3, one engine call: ``sampling.n`` reasoning paths per structured draft.
-
-    Returns one ``Candidate`` per path (``sample_index`` = completion index); ``path`` is exactly the
-    generated text, so a hint shown in the prompt is never part of it.
-
-    Args:
-        engine: Generation engine.
-        drafts: Drafts whose ``record.structure`` is filled.
-        sampling: Sampling settings; ``n`` paths per draft.
-        show_hint: Put the gold answer in the prompt (the paper finds this can hurt; off by default).
-        seed: Base seed of the round.
-        ledger: Token accounting, or None.
-    """
-    missing = [d.record.question_id for d in drafts if not d.record.structure]
-    if missing:
-        raise ValueError(f"write_paths: {len(missing)} drafts (e.g. question {missing[0]}) have no reasoning "
-                         "structure; run build_structures first")
-    outputs = run_stage(engine, "path", [path_prompt(d.question, d.record.structure, show_hint) for d in drafts],
-                        sampling, [_seed(seed, "path", d.record) for d in drafts], ledger)
+def _path_step(drafts: Sequence[Draft], sampling: SamplingConfig, show_hint: bool, seed: int) -> Flow[list[Candidate]]:
+    """The path stage: ``sampling.n`` reasoning paths per structured draft, one ``Candidate`` per path
+    (``sample_index`` = completion index). ``path`` is exactly the generated text, so a hint shown in the
+    prompt is never part of it."""
+    outputs = yield [Request(path_prompt(d.question, d.record.structure, show_hint), sampling,
+                             _seed(seed, "path", d.record), "path") for d in drafts]
     candidates = []
     for d, out in zip(drafts, outputs):
         for i, c in enumerate(out.completions):
@@ -216,27 +164,32 @@ def write_paths(engine: Engine, drafts: Sequence[Draft], sampling: SamplingConfi
     return candidates
 
 
-def run_stages(engine: Engine, drafts: Sequence[Draft], plan_sampling: SamplingConfig,
-               path_sampling: SamplingConfig, hint_stages: frozenset[str] = frozenset(), seed: int = 0,
-               ledger: TokenLedger | None = None) -> list[Candidate]:
-    """Stages 1-3 over all drafts: exactly three engine calls (none when there are no drafts).
+def stages_flow(drafts: Sequence[Draft], plan_sampling: SamplingConfig, path_sampling: SamplingConfig,
+                hint_stages: frozenset[str] = frozenset(), seed: int = 0) -> Flow[list[Candidate]]:
+    """Stages 1-3 over the drafts: three steps (none when there are no drafts); returns one candidate per path.
+
+    1. adapt: each draft's guideline(s) rewritten for its question (fills ``record.adapted``);
+    2. structure: a step-by-step reasoning structure per adapted draft (fills ``record.structure``);
+    3. path: ``path_sampling.n`` reasoning paths per structure.
 
     Args:
-        engine: Generation engine.
         drafts: Drafts of any number of questions.
-        plan_sampling: Sampling for the adapt and structure stages.
+        plan_sampling: Sampling for the adapt and structure stages (``n`` is forced to 1).
         path_sampling: Sampling for the path stage (``n`` paths per draft).
         hint_stages: Stages whose prompt shows the gold answer (only meaningful for hint-pass drafts).
         seed: Base seed of the round.
-        ledger: Token accounting, or None.
     """
     unknown = set(hint_stages) - set(STAGES)
     if unknown:
         raise ValueError(f"hint_stages: unknown stage(s) {sorted(unknown)}; choose from {list(STAGES)}")
     if hint_stages and not all(d.record.hint for d in drafts):
-        raise ValueError("run_stages: hint_stages given for main-pass drafts; build hint drafts with hint_drafts()")
+        raise ValueError("stages_flow: hint_stages given for main-pass drafts; build hint drafts with hint_drafts()")
     if not drafts:
         return []
-    drafts = adapt_guidelines(engine, drafts, plan_sampling, "adapt" in hint_stages, seed, ledger)
-    drafts = build_structures(engine, drafts, plan_sampling, "structure" in hint_stages, seed, ledger)
-    return write_paths(engine, drafts, path_sampling, "path" in hint_stages, seed, ledger)
+    show = {stage: stage in hint_stages for stage in STAGES}
+    yield from _plan_step("adapt", "adapted", [adapt_prompt(d.question, d.guidelines, show["adapt"]) for d in drafts],
+                          drafts, plan_sampling, show["adapt"], seed)
+    yield from _plan_step("structure", "structure",
+                          [structure_prompt(d.question, d.record.adapted, show["structure"]) for d in drafts],
+                          drafts, plan_sampling, show["structure"], seed)
+    return (yield from _path_step(drafts, path_sampling, show["path"], seed))

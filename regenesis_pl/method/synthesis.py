@@ -1,9 +1,13 @@
 """One synthesis round, for ReGenesis or a baseline: questions in, filtered candidate paths and stats out.
 
-``synthesize_round`` works through the questions in chunks. For each chunk it runs the method's stages
-stage-major (one engine call per stage for the whole chunk), filters, then reruns the unsolved questions
-of the chunk with the gold answer as a hint (ReGenesis hint pass / STaR rationalization) and filters
-those. Zero kept paths is not an error here: the stats show it and the caller decides.
+``synthesize_round`` works through the questions in chunks. A chunk's work is a flow (``method.flows``): the
+method's stages, the filter, then the unsolved questions again with the gold answer as a hint (ReGenesis
+hint pass / STaR rationalization) and the filter of those. With ``schedule="pipeline"`` (the default) every
+question of the chunk is its own flow and all of them share one engine stream: a question's structures go
+out as soon as its own adaptations are back, its hint pass as soon as its own paths are filtered. With
+``schedule="stage"`` the chunk is one flow: one engine call per stage for the whole chunk. Both send the
+same requests (seeds come from identity) and return the same candidates in the same order. Zero kept paths
+is not an error here: the stats show it and the caller decides.
 """
 
 from __future__ import annotations
@@ -13,17 +17,19 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from regenesis_pl.engines.base import Engine, SamplingConfig
-from regenesis_pl.method.baselines import cot_samples, gt_candidates
-from regenesis_pl.method.filters import filter_candidates
+from regenesis_pl.method.baselines import cot_flow, gt_candidates
+from regenesis_pl.method.filters import filter_flow
+from regenesis_pl.method.flows import Flow, drive, run_flows
 from regenesis_pl.method.guidelines import load_guidelines
 from regenesis_pl.method.ledger import TokenLedger
 from regenesis_pl.method.records import Candidate
-from regenesis_pl.method.regenesis import STAGES, hint_drafts, paper_drafts, run_stages, select_guidelines
+from regenesis_pl.method.regenesis import STAGES, hint_drafts, paper_drafts, selection_flow, stages_flow
 from regenesis_pl.method.stats import round_stats
 from regenesis_pl.tasks.types import Question
 
 METHODS = ("regenesis", "star", "lmsi", "gt")
 CANDIDATE_SETS = ("paper", "released")
+SCHEDULES = ("pipeline", "stage")
 
 
 @dataclass
@@ -59,7 +65,10 @@ class SynthesisConfig:
         max_paths_per_question: Keep at most this many paths per question (seeded choice); None: no cap.
         dedup_threshold: Word-trigram Jaccard similarity from which a path counts as a duplicate of a kept
             one, in (0, 1]; None disables dedup.
-        chunk_size: Questions per stage-major batch (one engine call per stage per chunk).
+        chunk_size: Questions synthesized together (one stream, or one engine call per stage, per chunk).
+        schedule: "pipeline": each question moves to its next stage as soon as its own requests are done, all
+            questions of a chunk in one engine stream; "stage": one engine call per stage for the whole chunk
+            (the engine waits for each stage's slowest request). Same requests and results either way.
         gt_without_rationale: GT-SFT only: a question without a dataset rationale trains on its bare answer
             ("answer", the paper's fine-tune-on-ground-truth baseline) or is skipped and counted ("skip").
         seed: Base seed; every request's seed derives from it and the request's identity.
@@ -87,6 +96,7 @@ class SynthesisConfig:
     max_paths_per_question: int | None = 5
     dedup_threshold: float | None = 0.9
     chunk_size: int = 64
+    schedule: Literal["pipeline", "stage"] = "pipeline"
     gt_without_rationale: Literal["answer", "skip"] = "answer"
     seed: int = 0
 
@@ -94,6 +104,8 @@ class SynthesisConfig:
         self.hint_stages = list(self.hint_stages)
         if self.method not in METHODS:
             raise ValueError(f"synthesis.method={self.method!r}: choose one of {list(METHODS)}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"synthesis.schedule={self.schedule!r}: choose one of {list(SCHEDULES)}")
         if self.candidate_set not in CANDIDATE_SETS:
             raise ValueError(f"synthesis.candidate_set={self.candidate_set!r}: choose one of {list(CANDIDATE_SETS)}")
         unknown = sorted(set(self.hint_stages) - set(STAGES))
@@ -159,54 +171,68 @@ def _sampling(config: SynthesisConfig, hint: bool, n: int, max_tokens: int) -> S
                           seed=config.seed)
 
 
-def _filter(candidates, by_id, config, engine, ledger):
-    return filter_candidates(candidates, by_id, use_gold=config.gold_filter, min_agreement=config.min_agreement,
-                             require_boxed=config.require_boxed,
-                             max_path_tokens=config.max_path_tokens,
-                             max_per_question=config.max_paths_per_question,
-                             dedup_threshold=config.dedup_threshold,
-                             judge_engine=engine if config.judge else None, seed=config.seed, ledger=ledger)
+def _filter(candidates, by_id, config) -> Flow[None]:
+    yield from filter_flow(candidates, by_id, use_gold=config.gold_filter, min_agreement=config.min_agreement,
+                           require_boxed=config.require_boxed, max_path_tokens=config.max_path_tokens,
+                           max_per_question=config.max_paths_per_question, dedup_threshold=config.dedup_threshold,
+                           judge=config.judge, seed=config.seed)
 
 
-def _regenesis_chunk(engine, chunk, guidelines, config, round, ledger, skipped):
+def _regenesis_flow(questions, guidelines, config, round, skipped) -> Flow[tuple[list, list, list[str]]]:
+    """ReGenesis on some questions: (main-pass candidates, hint-pass candidates, ids sent to the hint pass)."""
     seed = config.seed
-    drafts = paper_drafts(chunk, guidelines, config.guidelines_per_question, round, seed)
+    drafts = paper_drafts(questions, guidelines, config.guidelines_per_question, round, seed)
     if config.candidate_set == "released":
-        selections, unparsed = select_guidelines(
-            engine, chunk, guidelines, config.num_selections,
-            _sampling(config, False, 1, config.selection_max_tokens), round, seed, ledger)
+        selections, unparsed = yield from selection_flow(
+            questions, guidelines, config.num_selections, _sampling(config, False, 1, config.selection_max_tokens),
+            round, seed)
         skipped["selection_unparsed"] = skipped.get("selection_unparsed", 0) + unparsed
         drafts += selections
     plan = _sampling(config, False, 1, config.plan_max_tokens)
     path = _sampling(config, False, config.samples_per_prompt, config.max_tokens)
-    main = run_stages(engine, drafts, plan, path, frozenset(), seed, ledger)
-    by_id = {q.id: q for q in chunk}
-    _filter(main, by_id, config, engine, ledger)
+    main = yield from stages_flow(drafts, plan, path, frozenset(), seed)
+    by_id = {q.id: q for q in questions}
+    yield from _filter(main, by_id, config)
     if not (config.hint_stages and config.gold_filter):
-        return main, []
+        return main, [], []
     solved = {c.question_id for c in main if c.kept}
-    unsolved = [q.id for q in chunk if q.id not in solved]
     retry = hint_drafts([d for d in drafts if d.question.id not in solved])
-    hinted = run_stages(engine, retry, _sampling(config, True, 1, config.plan_max_tokens),
-                        _sampling(config, True, config.samples_per_prompt, config.max_tokens),
-                        frozenset(config.hint_stages), seed, ledger)
-    _filter(hinted, by_id, config, engine, ledger)
-    return main + hinted, unsolved
+    hinted = yield from stages_flow(retry, _sampling(config, True, 1, config.plan_max_tokens),
+                                    _sampling(config, True, config.samples_per_prompt, config.max_tokens),
+                                    frozenset(config.hint_stages), seed)
+    yield from _filter(hinted, by_id, config)
+    return main, hinted, [q.id for q in questions if q.id not in solved]
 
 
-def _cot_chunk(engine, chunk, config, round, ledger):
-    by_id = {q.id: q for q in chunk}
-    main = cot_samples(engine, chunk, _sampling(config, False, config.samples_per_prompt, config.max_tokens),
-                       config.method, round, False, config.seed, ledger)
-    _filter(main, by_id, config, engine, ledger)
+def _cot_flow(questions, config, round) -> Flow[tuple[list, list, list[str]]]:
+    """STaR or LMSI on some questions: (sampled candidates, rationalized candidates, ids rationalized)."""
+    by_id = {q.id: q for q in questions}
+    main = yield from cot_flow(questions, _sampling(config, False, config.samples_per_prompt, config.max_tokens),
+                               config.method, round, False, config.seed)
+    yield from _filter(main, by_id, config)
     if config.method != "star" or not config.rationalize:
-        return main, []
+        return main, [], []
     solved = {c.question_id for c in main if c.kept}
-    unsolved = [q for q in chunk if q.id not in solved]
-    hinted = cot_samples(engine, unsolved, _sampling(config, True, config.samples_per_prompt, config.max_tokens),
-                         config.method, round, True, config.seed, ledger)
-    _filter(hinted, by_id, config, engine, ledger)
-    return main + hinted, [q.id for q in unsolved]
+    unsolved = [q for q in questions if q.id not in solved]
+    hinted = yield from cot_flow(unsolved, _sampling(config, True, config.samples_per_prompt, config.max_tokens),
+                                 config.method, round, True, config.seed)
+    yield from _filter(hinted, by_id, config)
+    return main, hinted, [q.id for q in unsolved]
+
+
+def _chunk(engine, chunk, make_flow, config, ledger, label) -> tuple[list[Candidate], list[str]]:
+    """One chunk's candidates (main pass, then hint pass) and hint-pass question ids, in stage-major order
+    whatever the schedule: paper drafts before model-picked selections, question by question."""
+    if config.schedule == "stage":
+        parts = [drive(engine, make_flow(chunk), ledger)]
+    else:
+        parts = run_flows(engine, [make_flow([q]) for q in chunk], ledger, progress=label)
+
+    def ordered(lists):  # a stable sort: the order within each question's own list stays
+        return sorted((c for part in lists for c in part), key=lambda c: c.guideline_id.startswith("sel-"))
+
+    candidates = ordered(main for main, _, _ in parts) + ordered(hinted for _, hinted, _ in parts)
+    return candidates, [qid for _, _, ids in parts for qid in ids]
 
 
 def synthesize_round(engine: Engine | None, questions: list[Question], config: SynthesisConfig,
@@ -234,13 +260,19 @@ def synthesize_round(engine: Engine | None, questions: list[Question], config: S
     else:
         if engine is None:
             raise ValueError(f"synthesize_round: method={config.method!r} generates paths and needs an engine")
-        guidelines = load_guidelines(config.guideline_file) if config.method == "regenesis" else []
-        for start in range(0, len(questions), config.chunk_size):
-            chunk = questions[start:start + config.chunk_size]
-            if config.method == "regenesis":
-                made, retried = _regenesis_chunk(engine, chunk, guidelines, config, round, ledger, skipped)
-            else:
-                made, retried = _cot_chunk(engine, chunk, config, round, ledger)
+        if config.method == "regenesis":
+            guidelines = load_guidelines(config.guideline_file)
+
+            def make_flow(qs):
+                return _regenesis_flow(qs, guidelines, config, round, skipped)
+        else:
+            def make_flow(qs):
+                return _cot_flow(qs, config, round)
+        chunks = range(0, len(questions), config.chunk_size)
+        for number, start in enumerate(chunks, 1):
+            label = f"synthesis {number}/{len(chunks)}" if len(chunks) > 1 else "synthesis"
+            made, retried = _chunk(engine, questions[start:start + config.chunk_size], make_flow, config, ledger,
+                                   label)
             candidates += made
             hint_questions += retried
     return _result(candidates, questions, config, round, ledger, hint_questions, skipped)
