@@ -333,10 +333,11 @@ def test_a_stream_through_the_store_answers_stored_requests_first_and_stores_bef
         stored_then.update((i, len(eng.store)) for i, _ in done)
         return [Request([{"role": "user", "content": f"next {i}"}], SAMPLING, 0, "b") for i, _ in done if i < 4]
 
-    inner.calls = inner.requests = 0
+    inner.calls = inner.requests = eng.hits = eng.misses = 0
     assert eng.stream(first, follow_up) == 8
     assert sorted(seen) == list(range(8)) and set(seen[:2]) == {0, 1}
-    assert (inner.requests, eng.hits) == (1 + 4, 2)  # request 2 once (3 is its twin), then the follow-ups of 0..3
+    assert (inner.requests, eng.misses) == (1 + 4, 1 + 4)  # request 2 once (3 is its twin), the follow-ups of 0..3
+    assert eng.hits == 2 + 1  # the two stored ones, and the twin (answered by what was stored for request 2)
     assert stored_then[2] >= 3 and stored_then[3] >= 3
 
 

@@ -169,8 +169,10 @@ class CachedEngine:
             tokens = sum(c.num_tokens for _, out in items for c in out.completions)
             self.misses += len(items)
             self.generated_tokens += tokens
-            bar.advance(len(items), sum(len(out.completions) for _, out in items), tokens)
             answered = [(index, out) for (key, out, _) in records for index in waiting.pop(key)]
+            self.hits += len(answered) - len(items)  # a twin counts as answered from the store, as it now is
+            self.cached_tokens += sum(c.num_tokens for index, out in answered for c in out.completions) - tokens
+            bar.advance(len(answered), tokens)
             return admit(follow_up(answered))
 
         misses = admit(requests)
@@ -186,13 +188,13 @@ class CachedEngine:
 
 
 class _StageBar:
-    """A tqdm bar per stage or stream with generated paths/s and tokens/s in its postfix (silent when no label);
-    its total grows as a stream adds requests."""
+    """A tqdm bar per stage or stream with the generated tokens/s in its postfix (silent when no label); its total
+    grows as a stream adds requests."""
 
     def __init__(self, label: str | None) -> None:
         self._bar = None
         self._start = time.perf_counter()
-        self._paths = self._tokens = self._stored = 0
+        self._tokens = self._stored = 0
         if label:
             from tqdm.auto import tqdm
 
@@ -207,13 +209,12 @@ class _StageBar:
                 self._bar.set_postfix_str(f"{self._stored} from store", refresh=False)
             self._bar.update(from_store)
 
-    def advance(self, requests: int, paths: int, tokens: int) -> None:
-        self._paths += paths
+    def advance(self, requests: int, tokens: int) -> None:
         self._tokens += tokens
         if self._bar is not None:
             secs = max(time.perf_counter() - self._start, 1e-9)
-            self._bar.set_postfix_str(f"{self._paths / secs:.2f} paths/s, {self._tokens / secs:.1f} tok/s",
-                                      refresh=False)
+            stored = f", {self._stored} from store" if self._stored else ""
+            self._bar.set_postfix_str(f"{self._tokens / secs:.1f} generated tok/s{stored}", refresh=False)
             self._bar.update(requests)
 
     def close(self) -> None:
