@@ -152,7 +152,9 @@ def main() -> None:
                                        sampling, request_seeds=seeds)
                 return len(outs), sum(c.num_tokens for o in outs for c in o.completions)
 
-            order = [m for m in args.modes.split(",") if m in "asbc"]  # in the order given
+            order = args.modes.split(",")  # in the order given
+            if not set(order) <= {"a", "s", "b", "c"} or ("c" in order and not {"a", "s"} & set(order[:order.index("c")])):
+                raise SystemExit(f"--modes {args.modes!r}: a comma list of a, s, b, c; c needs a or s before it")
             runs = {"a": ("(a) pipelined (store)", round_in("pipeline")), "s": ("(s) stage-major (store)", round_in("stage")),
                     "b": ("(b) per-question loop", per_question), "c": ("(c) raw path-stage call", raw)}
             by_id = {q.id: q for q in questions}

@@ -228,6 +228,7 @@ def test_bad_round_input(kwargs, questions, message):
 @pytest.mark.parametrize("kwargs, message", [
     ({"method": "dpo"}, "choose one of"),
     ({"candidate_set": "all"}, "choose one of"),
+    ({"schedule": "async"}, "synthesis.schedule=.async.: choose one of"),
     ({"hint_stages": ["answer"]}, "unknown stage"),
     ({"method": "lmsi", "use_gold": True}, "majority vote"),
     ({"method": "star", "use_gold": False}, "needs gold"),

@@ -227,7 +227,7 @@ def test_engine_error_keeps_stored_work(tmp_path):
     inner = EchoEngine()
     rerun = CachedEngine(inner, tmp_path, flush_every=4)
     outs = rerun.generate(_convs(10), SAMPLING, request_seeds=list(range(10)))
-    assert (rerun.hits, rerun.misses, inner.requests) == (8, 2, 2)
+    assert (rerun.hits, rerun.misses, inner.requests, inner.calls) == (8, 2, 2, 1)  # only the missing are split
     assert [o.completions[0].text.split("|")[1] for o in outs] == [f"seed={i}" for i in range(10)]
 
 

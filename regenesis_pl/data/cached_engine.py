@@ -104,22 +104,29 @@ class CachedEngine:
         """Like ``Engine.generate``; requests already in the store are not generated again. With ``flush_every``,
         the missing requests go to the engine in streams of at most that many."""
         seeds = resolve_request_seeds(len(conversations), sampling.seed, request_seeds)
-        results: list[RequestOutput | None] = [None] * len(conversations)
-        step = self.flush_every or max(1, len(conversations))
+        requests = [Request(c, sampling, seed, progress or "") for c, seed in zip(conversations, seeds)]
+        results: list[RequestOutput | None] = [None] * len(requests)
+        parts = [list(range(len(requests)))]
+        if self.flush_every is not None:  # stored ones first (no engine call), then the missing ones in parts
+            weights = self.engine.weights_id
+            stored = [i for i, r in enumerate(requests) if self._key(weights, r) in self.store]
+            missing = sorted(set(range(len(requests))) - set(stored))
+            parts = [stored] + [missing[k:k + self.flush_every] for k in range(0, len(missing), self.flush_every)]
         bar = _StageBar(progress)
         try:
-            for start in range(0, len(conversations), step):
-                def collect(finished: list[tuple[int, RequestOutput]], start=start) -> tuple:
+            for part in parts:
+                def collect(finished: list[tuple[int, RequestOutput]], part=part) -> tuple:
                     for index, out in finished:
-                        results[start + index] = out
+                        results[part[index]] = out
                     return ()
 
-                part = range(start, min(len(conversations), start + step))
-                self._stream([Request(conversations[i], sampling, seeds[i], progress or "") for i in part],
-                             collect, bar)
+                self._stream([requests[i] for i in part], collect, bar)
         finally:
             bar.close()
         return results
+
+    def _key(self, weights: str, request: Request) -> str:
+        return request_key(weights, render_prompt(self.tokenizer, request.conversation), request.sampling, request.seed)
 
     def stream(self, requests: Sequence[Request], follow_up: FollowUp, progress: str | None = None) -> int:
         """``engines.streaming.stream`` through the store: a stored request is answered at once (and its follow-ups
@@ -145,8 +152,7 @@ class CachedEngine:
                 hits = []
                 for request in queue:
                     index, count = count, count + 1
-                    key = request_key(weights, render_prompt(self.tokenizer, request.conversation),
-                                      request.sampling, request.seed)
+                    key = self._key(weights, request)
                     stored = None if key in waiting else self.store.get(key)
                     if stored is not None:
                         hits.append((index, stored))

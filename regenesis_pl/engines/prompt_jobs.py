@@ -45,11 +45,12 @@ def load_chat_tokenizer(model: str, trust_remote_code: bool = False):
     return tokenizer
 
 
-def encode_conversations(tokenizer, conversations: Sequence[Conversation], max_model_len: int) -> list[list[int]]:
+def encode_conversations(tokenizer, conversations: Sequence[Conversation], max_model_len: int,
+                         first: int = 0) -> list[list[int]]:
     """Prompt token ids of each conversation: ``render_prompt`` text, tokenized without extra special tokens
-    (the chat template already writes them)."""
+    (the chat template already writes them). Errors name a request by its number, counted from ``first``."""
     out = []
-    for i, conversation in enumerate(conversations):
+    for i, conversation in enumerate(conversations, first):
         ids = tokenizer(render_prompt(tokenizer, conversation), add_special_tokens=False)["input_ids"]
         if len(ids) >= max_model_len:
             raise ValueError(f"request {i}: prompt has {len(ids)} tokens, which leaves no room to generate within "

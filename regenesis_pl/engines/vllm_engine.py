@@ -247,7 +247,8 @@ class VLLMEngine:
 
         def submit(batch: Sequence[Request]) -> None:
             first = len(collector.outputs)
-            prompt_ids = encode_conversations(self._tokenizer, [r.conversation for r in batch], self.max_model_len)
+            prompt_ids = encode_conversations(self._tokenizer, [r.conversation for r in batch], self.max_model_len,
+                                              first=first)
             collector.extend(prompt_ids, [r.sampling.n for r in batch])
             jobs = [job for k, (r, ids) in enumerate(zip(batch, prompt_ids))
                     for job in make_jobs([ids], r.sampling, [r.seed], first=first + k)]
@@ -264,14 +265,15 @@ class VLLMEngine:
         try:
             submit(requests)
             while engine.has_unfinished_requests():
-                finished = []
+                finished, failed = [], None
                 for result in engine.step():
                     if not result.finished or result.request_id not in live:
                         continue
                     _, job = live.pop(result.request_id)
                     out = result.outputs[0]
                     if out.finish_reason not in ("stop", "length"):
-                        raise RuntimeError(f"vLLM request {job.request} ended with finish_reason={out.finish_reason!r}")
+                        failed = f"vLLM request {job.request} ended with finish_reason={out.finish_reason!r}"
+                        continue
                     self.prefix_cache["prompt_tokens"] += len(job.prompt_ids)
                     self.prefix_cache["cached_tokens"] += result.num_cached_tokens or 0
                     done = collector.add(job, Completion(text=out.text, num_tokens=len(out.token_ids),
@@ -279,8 +281,10 @@ class VLLMEngine:
                     if done is not None:
                         finished.append(done)
                     bar.update(1)
-                if finished:
-                    submit(list(follow_up(finished)))
+                more = list(follow_up(finished)) if finished else []  # reported (and stored) even if one failed
+                if failed:
+                    raise RuntimeError(failed)
+                submit(more)
         except BaseException:
             if live:  # a failed or interrupted stream leaves no requests behind in the engine
                 engine.abort_request([rid for rid, _ in live.values()], internal=True)

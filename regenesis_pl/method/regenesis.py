@@ -10,7 +10,7 @@ from its position or schedule, so a resumed or differently scheduled run rebuild
 Candidate sets:
 - "paper": one draft per seed guideline (``paper_drafts``), optionally a seeded subset per question.
 - "released": the model first picks two or three guidelines from the numbered list, ``num_selections``
-  times per question (``select_guidelines``); those selections are drafts beside the seed ones.
+  times per question (``selection_flow``); those selections are drafts beside the seed ones.
 """
 
 from __future__ import annotations

