@@ -159,12 +159,12 @@ def _starts(prefix: str):
 # Every point a fit can be killed at, in the order one run passes them: (where, the line that triggers the kill,
 # seconds to wait after it). A progress line with some of its requests done means the call is half stored.
 KILL_POINTS = [
-    ("round 0 synthesis, mid-stage", _mid("structure"), 0.0),
+    ("round 0 synthesis, mid-stream", _mid("synthesis"), 0.0),
     ("base evaluation, mid-call", _mid("eval base"), 0.0),
     ("round 0 training, before the first checkpoint", _starts("[regenesis] eval base (step 0):"), 2.0),
     ("round 0's export", _starts("[regenesis] round 0: mean in-domain accuracy"), 0.0),
     ("between rounds 0 and 1", _starts("[regenesis] round 0 exported to"), 0.0),
-    ("round 1 synthesis by the trained weights, mid-stage", _mid("structure"), 0.0),
+    ("round 1 synthesis by the trained weights, mid-stream", _mid("synthesis"), 0.0),
     ("a periodic evaluation, mid-call", _mid("eval round-1-step-4"), 0.0),
     ("round 1's evaluation, mid-call", _mid("eval round-1"), 0.0),
 ]  # round 1's training: tests/test_multiprocess.py kills there (two ranks); the round-end evaluation is
