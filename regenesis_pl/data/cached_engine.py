@@ -17,7 +17,7 @@ from typing import Any
 from regenesis_pl.chat import render_prompt
 from regenesis_pl.data.store import GenerationStore, request_key
 from regenesis_pl.engines.base import Conversation, Engine, FollowUp, Request, RequestOutput, SamplingConfig
-from regenesis_pl.engines.streaming import stream
+from regenesis_pl.engines.streaming import collect, stream
 from regenesis_pl.hashing import resolve_request_seeds
 
 
@@ -105,22 +105,19 @@ class CachedEngine:
         the missing requests go to the engine in streams of at most that many."""
         seeds = resolve_request_seeds(len(conversations), sampling.seed, request_seeds)
         requests = [Request(c, sampling, seed, progress or "") for c, seed in zip(conversations, seeds)]
-        results: list[RequestOutput | None] = [None] * len(requests)
         parts = [list(range(len(requests)))]
         if self.flush_every is not None:  # stored ones first (no engine call), then the missing ones in parts
             weights = self.engine.weights_id
             stored = [i for i, r in enumerate(requests) if self._key(weights, r) in self.store]
             missing = sorted(set(range(len(requests))) - set(stored))
             parts = [stored] + [missing[k:k + self.flush_every] for k in range(0, len(missing), self.flush_every)]
+        results: list[RequestOutput | None] = [None] * len(requests)
         bar = _StageBar(progress)
         try:
             for part in parts:
-                def collect(finished: list[tuple[int, RequestOutput]], part=part) -> tuple:
-                    for index, out in finished:
-                        results[part[index]] = out
-                    return ()
-
-                self._stream([requests[i] for i in part], collect, bar)
+                outs = collect(lambda batch, follow_up: self._stream(batch, follow_up, bar), [requests[i] for i in part])
+                for i, out in zip(part, outs):
+                    results[i] = out
         finally:
             bar.close()
         return results

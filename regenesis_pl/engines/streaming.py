@@ -11,9 +11,9 @@ requests as a stage-by-stage run; only the schedule differs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from regenesis_pl.engines.base import Engine, FollowUp, Request
+from regenesis_pl.engines.base import Engine, FollowUp, Request, RequestOutput
 
 
 def stream(engine: Engine, requests: Sequence[Request], follow_up: FollowUp, progress: str | None = None) -> int:
@@ -68,3 +68,20 @@ def run_in_waves(engine: Engine, requests: Sequence[Request], follow_up: FollowU
                 report(unreported)
         pending = next_wave
     return total
+
+
+def collect(run: Callable[[Sequence[Request], FollowUp], int], requests: Sequence[Request],
+            on_finished: Callable[[list[tuple[int, RequestOutput]]], None] | None = None) -> list[RequestOutput]:
+    """``generate`` on top of a stream without follow-ups: ``run(requests, follow_up)`` runs them, and the outputs
+    come back in request order (``on_finished``, when given, hears of each one as it finishes)."""
+    outputs: list[RequestOutput | None] = [None] * len(requests)
+
+    def keep(finished: list[tuple[int, RequestOutput]]) -> tuple:
+        for index, out in finished:
+            outputs[index] = out
+        if on_finished is not None:
+            on_finished(finished)
+        return ()
+
+    run(requests, keep)
+    return outputs

@@ -39,6 +39,7 @@ from regenesis_pl.engines.prompt_jobs import (
     make_jobs,
     resolve_dtype,
 )
+from regenesis_pl.engines.streaming import collect
 from regenesis_pl.hashing import resolve_request_seeds
 
 WORKER_EXTENSION = "regenesis_pl.engines.vllm_worker.WeightReloadExtension"
@@ -217,17 +218,8 @@ class VLLMEngine:
         can make each one durable at once, and no request waits for the slowest of a sub-batch.
         """
         seeds = resolve_request_seeds(len(conversations), sampling.seed, request_seeds)
-        outputs: list[RequestOutput | None] = [None] * len(conversations)
-
-        def collect(finished: list[tuple[int, RequestOutput]]) -> tuple:
-            for index, out in finished:
-                outputs[index] = out
-            if on_finished is not None:
-                on_finished(finished)
-            return ()
-
-        self.stream([Request(c, sampling, s) for c, s in zip(conversations, seeds)], collect, progress)
-        return outputs
+        return collect(lambda requests, follow_up: self.stream(requests, follow_up, progress),
+                       [Request(c, sampling, s) for c, s in zip(conversations, seeds)], on_finished)
 
     def stream(self, requests: Sequence[Request], follow_up: FollowUp, progress: str | None = None) -> int:
         """Run ``requests`` and their follow-ups in one continuously stepped engine (see ``engines.streaming``):
