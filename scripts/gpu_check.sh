@@ -12,7 +12,8 @@
 #   bash scripts/gpu_check.sh                 # OUT=<folder> to write elsewhere; GPU_CHECK_TIMEOUT_S (default 540)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PY="${REGENESIS_VENV:-.venv}/bin/python"
+# the interpreter: $PYTHON when given (the tests pass their own), else the project's venv, else python3
+PY="${PYTHON:-${REGENESIS_VENV:-.venv}/bin/python}"
 [ -x "$PY" ] || PY="$(command -v python3)"
 OUT="${OUT:-runs/gpu_check}"
 KIT="${GPU_KIT:-gpu_kit}"

@@ -84,29 +84,42 @@ def fit_with(edit: Callable[[dict], None], *extra: str) -> Callable[[Path], str]
 
 
 # ------------------------------------------------------------------------------------------ the cases
-def _store_line(tmp: Path, completions) -> str:
+def _store_warning(tmp: Path) -> tuple[str, int, int]:
+    """Open the store under ``tmp`` and return the one warning it logged, its skip counter and what it indexed."""
+    import logging
+
     from regenesis_pl.data.store import GenerationStore
 
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logger = logging.getLogger("regenesis_pl.data.store")
+    logger.addHandler(handler)
+    try:
+        store = GenerationStore(tmp / "store")
+    finally:
+        logger.removeHandler(handler)
+    skipped, count = store.skipped_lines, len(store)
+    store.close()
+    assert len(seen) == 1, seen
+    return seen[0], skipped, count
+
+
+def _store_line(tmp: Path, completions) -> str:
     line = json.dumps({"key": "k1", "weights_id": "w", "sampling": "s", "label": "x", "seed": 1,
                        "completions": completions, "prompt_tokens": 3})
     write(tmp, "store/generations.jsonl", line + "\n")
-    store = GenerationStore(tmp / "store")
-    skipped, held = store.skipped_lines, "k1" in store
-    store.close()
-    assert skipped == 1 and not held, "the bad line was indexed"
-    return f"skipped_lines={skipped}"
+    warning, skipped, count = _store_warning(tmp)
+    assert (skipped, count) == (1, 0), "the bad line was indexed"
+    return warning
 
 
 def _torn_store(tmp: Path) -> str:
-    from regenesis_pl.data.store import GenerationStore
-
     good = json.dumps({"key": "k0", "completions": [{"text": "a", "num_tokens": 1, "finish_reason": "stop"}]})
     write(tmp, "store/generations.jsonl", good + "\n" + good[:25])
-    store = GenerationStore(tmp / "store")
-    skipped, count = store.skipped_lines, len(store)
-    store.close()
+    warning, skipped, count = _store_warning(tmp)
     assert (skipped, count) == (1, 1)
-    return f"skipped_lines={skipped}"
+    return warning
 
 
 def _disk_full(tmp: Path) -> None:
@@ -264,10 +277,10 @@ CASES = [
     Case("keep-full-weights", "EngineCallback(keep_full_weights=0)", "keeping no pushed weights",
          "keep_full_weights=0 must be >= 1", raises(lambda tmp: _engine_callback(keep_full_weights=0))),
     Case("store-bad-completions", "regenesis synthesize / fit (store read back)",
-         "a store line with a key but malformed completions", "skipped_lines=1",
+         "a store line with a key but malformed completions", "skipping unreadable line 1",
          lambda tmp: _store_line(tmp, [{"text": 3}])),
     Case("store-torn-line", "regenesis synthesize / fit (store read back)", "a store whose last line was cut by a kill",
-         "skipped_lines=1", _torn_store),
+         "skipping a torn last line (25 bytes, no line end)", _torn_store),
     Case("store-disk-full", "regenesis synthesize / fit (store write)", "the disk fills while the store is written",
          "cannot write (No space left on device); free space", raises(_disk_full)),
     Case("run-dir-unusable", "regenesis synthesize --run_dir D", "a run directory that cannot be created",

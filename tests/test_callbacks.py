@@ -8,6 +8,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from plot_checks import assert_drawn_png
 
 from regenesis_pl.callbacks.engine import EngineCallback
 from regenesis_pl.data.datamodule import ReGenesisDataModule
@@ -121,7 +122,7 @@ def test_report_tables_and_plots(tmp_path):
     assert "| 0 | 120.0 | 1 | 0.60 |" in text and "| 0.50% |" in text
     for name in ("accuracy_per_round", "guideline_accept_rates", "paths_kept_per_round"):
         png = tmp_path / "plots" / f"{name}.png"
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert_drawn_png(png)
         assert f"plots/{name}.png" in text
 
 

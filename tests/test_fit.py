@@ -19,6 +19,7 @@ from types import SimpleNamespace
 
 import pytest
 from kill_points import kill_at_line
+from plot_checks import assert_drawn_png
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
@@ -88,7 +89,7 @@ def test_two_rounds_are_evaluated_logged_and_reported(smoke):
     report = (run / "report.md").read_text()
     assert f"| {task} | in-domain | 8 |" in report and "| base | round 0 | round 1 |" in report
     for png in ("accuracy_per_round", "guideline_accept_rates", "paths_kept_per_round"):
-        assert (run / "plots" / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
+        assert_drawn_png(run / "plots" / f"{png}.png")
     timings = _json(run / "engine_timings.json")
     for k in ("0", "1"):
         r = timings["rounds"][k]

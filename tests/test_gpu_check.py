@@ -46,7 +46,8 @@ def test_summary_reads_verdicts_figures_and_memory(tmp_path):
 
 def test_check_says_up_front_what_this_machine_lacks(tmp_path):
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh")], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "OUT": str(tmp_path), "GPU_KIT": str(tmp_path / "no_kit")}, timeout=300,
+                          env={**os.environ, "OUT": str(tmp_path), "GPU_KIT": str(tmp_path / "no_kit"),
+                               "PYTHON": sys.executable}, timeout=300,
                           check=False)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "gpu_check: missing a CUDA GPU" in proc.stdout and "nothing was checked" in proc.stderr

@@ -141,7 +141,12 @@ def test_settings_seed_and_weights_changes_miss(tmp_path):
     eng.set_adapter("adapters/round-1")
     outs = eng.generate(_convs(2), SAMPLING, request_seeds=[1, 2])
     assert eng.misses == 8 and "w=base+adapters/round-1" in outs[0].completions[0].text
-    eng.set_adapter(None)  # back to weights "base+None": not the original id, still a miss
+    eng.set_adapter(None)  # the fake names these weights "base+None", not "base": a new id, so a miss again
+    outs = eng.generate(_convs(2), SAMPLING, request_seeds=[1, 2])
+    assert eng.misses == 10 and eng.hits == 2 and "w=base+None" in outs[0].completions[0].text
+    eng.load_weights("base-folder", weights_id="base")  # the original weights id again: answered from the store
+    outs = eng.generate(_convs(2), SAMPLING, request_seeds=[1, 2])
+    assert eng.misses == 10 and eng.hits == 4 and "w=base|" in outs[0].completions[0].text
     assert request_key("a", "p", SAMPLING, 1) != request_key("b", "p", SAMPLING, 1)
     assert request_key("a", "p", SAMPLING, 1) != request_key("a", "p ", SAMPLING, 1)
 

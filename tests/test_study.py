@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from plot_checks import assert_drawn_png
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm, pytest.mark.timeout(1800)]
 
@@ -147,7 +148,7 @@ def test_study_survives_a_kill_mid_arm_and_redoes_nothing(tmp_path):
                     "## What each arm spent"):
         assert heading in report
     assert "Partial study" not in report
-    assert (study_dir / "plots" / "accuracy.png").stat().st_size > 0
+    assert_drawn_png(study_dir / "plots" / "accuracy.png")
 
     # a third run has nothing left to do
     again = subprocess.run(command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600, check=False)

@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pytest
 import yaml
+from plot_checks import assert_drawn_png
 
 from regenesis_pl.atomic import write_json
 from regenesis_pl.hashing import config_hash
@@ -125,7 +126,7 @@ def test_report_from_hand_made_outcomes(tmp_path):
     assert "## Difference to regenesis" in report and "## Difference to base" in report
     assert json.loads((tmp_path / "study.json").read_text())["runs"] == data["runs"]
     assert data["total_wall_s"] == 4 * 60.0 and "All finished runs together: 0.07 hours" in report
-    assert (tmp_path / "plots" / "accuracy.png").stat().st_size > 0
+    assert_drawn_png(tmp_path / "plots" / "accuracy.png")
 
 
 def test_an_arm_missing_a_question_is_named_with_its_seed():
