@@ -87,12 +87,11 @@ def fit_with(edit: Callable[[dict], None], *extra: str) -> Callable[[Path], str]
 def _store_warning(tmp: Path) -> tuple[str, int, int]:
     """Open the store under ``tmp`` and return the one warning it logged, its skip counter and what it indexed."""
     import logging
+    from logging.handlers import BufferingHandler
 
     from regenesis_pl.data.store import GenerationStore
 
-    seen: list[str] = []
-    handler = logging.Handler()
-    handler.emit = lambda record: seen.append(record.getMessage())
+    handler = BufferingHandler(capacity=100)
     logger = logging.getLogger("regenesis_pl.data.store")
     logger.addHandler(handler)
     try:
@@ -101,6 +100,7 @@ def _store_warning(tmp: Path) -> tuple[str, int, int]:
         logger.removeHandler(handler)
     skipped, count = store.skipped_lines, len(store)
     store.close()
+    seen = [record.getMessage() for record in handler.buffer]
     assert len(seen) == 1, seen
     return seen[0], skipped, count
 
