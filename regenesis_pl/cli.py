@@ -18,6 +18,8 @@ import sys
 
 from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter
 
+from regenesis_pl.console import quiet_third_party, show_progress_messages, take_verbose_flag
+
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
 
 HELP_FOOTER = """
@@ -25,6 +27,8 @@ Lightning loop (LightningCLI; see `regenesis fit --help`):
   regenesis fit --config configs/smoke_cpu.yaml           train R self-improvement rounds
   regenesis fit --config configs/smoke_cpu.yaml --ckpt_path last   resume after a kill
   regenesis validate|test --config ...                    validation/test loop of the same setup
+
+Every command takes --verbose (or REGENESIS_LOG_LEVEL=debug): vLLM, torch and Lightning messages come back.
 """
 
 
@@ -100,10 +104,9 @@ def _run(cfg) -> int:
         return 0
     if command == "study":
         from regenesis_pl.commands.study import run_study
-        from regenesis_pl.lightning_cli import check_study, show_progress_messages
+        from regenesis_pl.lightning_cli import check_study
         from regenesis_pl.study.runner import StudyRunFailed
 
-        show_progress_messages()
         if not args.get("report_only"):
             check_study(args["fit"], args["arms"], args["seeds"], args["study_dir"])
         try:
@@ -153,7 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     from regenesis_pl.study.runner import die_with_parent
 
     die_with_parent()  # only when `regenesis study` started this process: end with it, never as an orphan
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = take_verbose_flag(list(sys.argv[1:] if argv is None else argv))
+    show_progress_messages()
+    quiet_third_party()
     check_config_files(argv)
     if argv and argv[0] in LIGHTNING_COMMANDS:
         from regenesis_pl.lightning_cli import run_fit_cli

@@ -41,6 +41,7 @@ from regenesis_pl.callbacks.engine import EngineCallback
 from regenesis_pl.callbacks.evaluation import EvaluationCallback
 from regenesis_pl.callbacks.export import ExportCallback
 from regenesis_pl.callbacks.rounds import RoundDriver
+from regenesis_pl.console import quiet_third_party, show_progress_messages, verbose
 from regenesis_pl.data.datamodule import ReGenesisDataModule
 from regenesis_pl.engines.factory import EngineConfig
 from regenesis_pl.layout import RunLayout
@@ -176,7 +177,9 @@ class _ConfigCheck(ReGenesisCLI):
 
 
 def _cli_kwargs() -> dict:
-    return {"model_class": SFTModule, "datamodule_class": ReGenesisDataModule, "trainer_defaults": TRAINER_DEFAULTS,
+    # Lightning's model summary table prints straight to the console; SFTModule says it in one line unless verbose
+    defaults = {**TRAINER_DEFAULTS, "enable_model_summary": verbose()}
+    return {"model_class": SFTModule, "datamodule_class": ReGenesisDataModule, "trainer_defaults": defaults,
             "auto_configure_optimizers": False, "save_config_kwargs": {"overwrite": True}}
 
 
@@ -217,16 +220,6 @@ def check_study(fit: dict, arms: list, seeds: list[int] | None, study_dir: str) 
             checked.add(run.arm)
 
 
-def show_progress_messages() -> None:
-    """Send the package's INFO messages (round data, pushes, evaluations) to stderr, once."""
-    logger = logging.getLogger("regenesis_pl")
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("[regenesis] %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-
-
 def run_fit_cli(args: list[str] | None = None) -> ReGenesisCLI:
     """Run ``fit``, ``validate`` or ``test`` (first element of ``args``; default: ``sys.argv[1:]``).
 
@@ -237,6 +230,7 @@ def run_fit_cli(args: list[str] | None = None) -> ReGenesisCLI:
 
     args = list(sys.argv[1:] if args is None else args)
     show_progress_messages()
+    quiet_third_party()
     try:
         # args=None when they are the command line itself (Lightning warns when given both)
         return ReGenesisCLI(**_cli_kwargs(), args=None if args == sys.argv[1:] else args,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 
 def main() -> None:
@@ -24,10 +23,10 @@ def main() -> None:
     parser.add_argument("--kv-cache-gb", type=float, default=2.0)
     args = parser.parse_args()
 
-    from bench_engines import make_conversations
+    from bench_engines import make_conversations, timed_fresh_engine
 
     from regenesis_pl.engines.base import SamplingConfig
-    from regenesis_pl.engines.factory import EngineConfig, build_engine
+    from regenesis_pl.engines.factory import EngineConfig
     from regenesis_pl.model_source import resolve_model
     from regenesis_pl.roofline import describe, matmul_flops, parameter_count
 
@@ -40,14 +39,8 @@ def main() -> None:
     texts: dict[str, list[str]] = {}
     for repeat in range(args.repeats):
         for bind in ("auto", "all"):
-            engine = build_engine(EngineConfig(backend="vllm", max_lora_rank=8, kv_cache_gb=args.kv_cache_gb,
-                                               cpu_bind=bind), model_dir)
-            engine.generate(conversations[:2], SamplingConfig(max_tokens=4))  # warm-up
-            start = time.perf_counter()
-            outputs = engine.generate(conversations, sampling)
-            seconds = time.perf_counter() - start
-            engine.close()
-            tokens = sum(c.num_tokens for o in outputs for c in o.completions)
+            config = EngineConfig(backend="vllm", max_lora_rank=8, kv_cache_gb=args.kv_cache_gb, cpu_bind=bind)
+            outputs, tokens, seconds = timed_fresh_engine(config, model_dir, conversations, sampling)
             speeds[bind].append(tokens / seconds)
             texts.setdefault(bind, [o.completions[0].text for o in outputs])
             print(f"[{bind}] repeat {repeat}: {tokens} tokens in {seconds:.1f} s = {tokens / seconds:.1f} tokens/s "

@@ -58,6 +58,20 @@ def run(engine, conversations, sampling):
     return outputs, tokens, seconds
 
 
+def timed_fresh_engine(config, model_dir: str, conversations, sampling):
+    """Build an engine, warm it up on two short prompts, time ``conversations``, close it: (outputs, tokens,
+    seconds). Benchmarks that compare start-up settings build one engine per way with it."""
+    from regenesis_pl.engines.base import SamplingConfig
+    from regenesis_pl.engines.factory import build_engine
+
+    engine = build_engine(config, model_dir)
+    try:
+        engine.generate(conversations[:2], SamplingConfig(max_tokens=4))  # warm-up
+        return run(engine, conversations, sampling)
+    finally:
+        engine.close()
+
+
 def swap_timings(engine, adapter_dir: str, model_dir: str, conversations, sampling) -> dict[str, float]:
     """Seconds for set_adapter(adapter), the first generate after it, set_adapter(None), load_weights."""
     t0 = time.perf_counter()

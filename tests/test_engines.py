@@ -233,7 +233,7 @@ def vllm_engine(model_dir):
     import psutil
 
     before = {p.pid for p in psutil.Process().children(recursive=True)}
-    engine = build_engine(EngineConfig(backend="vllm", max_lora_rank=8, kv_cache_gb=1), model_dir)
+    engine = build_engine(EngineConfig(backend="vllm", max_lora_rank=8, kv_cache_gb=1, cpu_bind="all"), model_dir)
     engine.spawned = {p.pid for p in psutil.Process().children(recursive=True)} - before
     yield engine
     engine.close()
@@ -461,7 +461,7 @@ def mistral_layout_dir(model_dir, tmp_path_factory):
 def test_vllm_reads_the_hugging_face_files_of_a_mistral_layout(vllm_greedy, mistral_layout_dir):
     """vLLM on "auto" would read Mistral's config, tokenizer and consolidated weights where a folder has them;
     the engine reads the same Hugging Face files as the trainer, so it answers like the plain folder."""
-    engine = build_engine(EngineConfig(backend="vllm", max_lora_rank=8, kv_cache_gb=1), str(mistral_layout_dir))
+    engine = build_engine(EngineConfig(backend="vllm", max_lora_rank=8, kv_cache_gb=1, cpu_bind="all"), str(mistral_layout_dir))
     try:
         assert texts(engine.generate(CONVERSATIONS, GREEDY)) == texts(vllm_greedy)
     finally:
@@ -542,3 +542,13 @@ def test_vllm_start_env_unsets_an_empty_kv_cache_variable_and_binds_cores_on_req
     assert bound["VLLM_CPU_OMP_THREADS_BIND"] == ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "4")
     assert _start_env(SimpleNamespace(cpu_bind="auto"), None, on_cpu=True) == {}
+    # tcmalloc, where the machine has it, is preloaded into the engine's processes only, after what was there
+    import ctypes.util
+
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: "libtcmalloc_minimal.so.4")
+    monkeypatch.setenv("LD_PRELOAD", "libfoo.so")
+    preloaded = _start_env(SimpleNamespace(cpu_bind="auto", preload_tcmalloc=True), None, on_cpu=True)
+    assert preloaded == {"LD_PRELOAD": "libtcmalloc_minimal.so.4:libfoo.so"}
+    assert _start_env(SimpleNamespace(cpu_bind="auto", preload_tcmalloc=False), None, on_cpu=True) == {}
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: None)
+    assert _start_env(SimpleNamespace(cpu_bind="auto", preload_tcmalloc=True), None, on_cpu=True) == {}

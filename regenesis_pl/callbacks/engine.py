@@ -104,14 +104,13 @@ class EngineCallback(Callback):
         device = trainer.strategy.root_device
         device = str(device) if device.type == "cuda" else None
         lora = bool(getattr(pl_module, "adapter_only", True)) and self.weights.mode != "merged"
-        log.info("engine: rank %d builds a %s engine for %s (once per run)", trainer.global_rank, self.backend, name)
         _release_cached_memory("engine build")
-        self.engine = build_engine(self.config, name, enable_lora=lora, device=device)
+        self.engine = build_engine(self.config, name, enable_lora=lora, device=device,
+                                   label=f"on rank {trainer.global_rank} (built once per run)")
         self.build_s = time.perf_counter() - start
         self.build_window = (began, time.time())
         self._awake = True
         self.weights.forget()
-        log.info("engine: rank %d ready in %.1f s", trainer.global_rank, self.build_s)
         return self.engine
 
     # ------------------------------------------------------------------------------ weights

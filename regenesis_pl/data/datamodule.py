@@ -152,6 +152,9 @@ class ReGenesisDataModule(LightningDataModule):
             raise ValueError(f"trainer.reload_dataloaders_every_n_epochs="
                              f"{self.trainer.reload_dataloaders_every_n_epochs}: the ReGenesis DataModule needs 1 "
                              "(it serves each round's data from its cache; rounds are set by data.epochs_per_round)")
+        if stage == "fit" and self.trainer is not None and self.val_fraction == 0:
+            # nothing is held out: no validation loop at all (an empty loader would only make Lightning warn)
+            self.trainer.limit_val_batches = 0
 
     # ------------------------------------------------------------------------------ rounds
     @property

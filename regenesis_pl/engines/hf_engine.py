@@ -89,6 +89,12 @@ class TransformersEngine:
         self.timings["start"].append(time.perf_counter() - start)
 
     # ----------------------------------------------------------------------------------------- properties
+    def describe(self) -> str:
+        """Where and how it serves, for the one start line."""
+        import torch
+
+        return f"transformers on {self.device}, {self.dtype}, batch {self.batch_size}, {torch.get_num_threads()} threads"
+
     @property
     def tokenizer(self):
         return self._tokenizer

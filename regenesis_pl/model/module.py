@@ -10,6 +10,7 @@ from it reloads the base from ``model`` and restores the adapters exactly.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import time
 from functools import partial
@@ -25,6 +26,8 @@ from regenesis_pl.hashing import tensors_digest
 from regenesis_pl.model.build import MODES, build_model, build_skeleton, load_tokenizer, resolve_dtype
 from regenesis_pl.model.strategy import build_sharded_fsdp2, check_strategy, is_fsdp2, shard_fsdp2
 from regenesis_pl.model_source import resolve_model
+
+log = logging.getLogger(__name__)
 
 SCHEDULERS = ("cosine", "linear", "constant")
 
@@ -140,6 +143,13 @@ class SFTModule(LightningModule):
         return self.model(input_ids=batch["input_ids"], labels=batch["labels"],
                           attention_mask=None if packed else batch["attention_mask"],
                           position_ids=batch.get("position_ids"))
+
+    def on_fit_start(self) -> None:
+        """One line in place of Lightning's model summary table (shown with ``--verbose``)."""
+        if self.trainer.is_global_zero:
+            counts = [(p.numel(), p.requires_grad) for p in self.parameters()]
+            log.info("model: %s (%s), %.1f M of %.1f M parameters trained", self.hparams.model, self.mode,
+                     sum(n for n, grad in counts if grad) / 1e6, sum(n for n, _ in counts) / 1e6)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self(batch).loss
