@@ -1,9 +1,14 @@
 """Test-suite policy: fast tests first, slow tests (real model, real engines) after them, within a time budget.
 
 CI runs everything, but the machine is shared and small: once ``REGENESIS_TEST_BUDGET_S`` seconds (default
-5000) have passed since the session started, the remaining slow tests are skipped with an explicit reason,
-counted in pytest's summary, and the session then FAILS: a green run must have run every real-model,
-real-engine, multi-process and ``Trainer.fit`` test. GPU tests skip without CUDA.
+3600, so that it fires inside CI's 90 minutes with set-up and the longest test counted) have passed since the
+session started, the remaining slow tests are skipped with an explicit reason, counted in pytest's summary,
+and the session then FAILS: a green run must have run every real-model, real-engine, multi-process and
+``Trainer.fit`` test. GPU tests skip without CUDA.
+
+``REGENESIS_FULL_SUITE=1`` (what ``scripts/test.sh`` sets when it is given no arguments, as CI calls it) refuses
+a run that would leave tests out: a marker or keyword selection (``-m``, ``-k``), ``--deselect``, test paths or
+node ids, ``PYTEST_ADDOPTS``, or any deselected test.
 """
 
 from __future__ import annotations
@@ -14,6 +19,31 @@ import time
 import pytest
 
 _START = time.monotonic()
+DEFAULT_BUDGET_S = 3600
+
+
+def _full_suite() -> bool:
+    return os.environ.get("REGENESIS_FULL_SUITE", "") == "1"
+
+
+def pytest_configure(config):
+    if not _full_suite():
+        return
+    narrowing = [name for name, on in (
+        ("-m", bool(config.option.markexpr)), ("-k", bool(config.option.keyword)),
+        ("--deselect", bool(config.getoption("deselect", None))),
+        ("PYTEST_ADDOPTS", bool(os.environ.get("PYTEST_ADDOPTS", "").strip())),
+        ("test paths", config.args_source is not pytest.Config.ArgsSource.TESTPATHS),
+    ) if on]
+    if narrowing:
+        raise pytest.UsageError(f"REGENESIS_FULL_SUITE=1 runs every test, but {', '.join(narrowing)} would leave "
+                                "some out; drop them, or unset REGENESIS_FULL_SUITE to run a part")
+
+
+def pytest_deselected(items):
+    if items and _full_suite():
+        raise pytest.UsageError(f"REGENESIS_FULL_SUITE=1 runs every test, but {len(items)} were deselected "
+                                f"(e.g. {items[0].nodeid}); unset REGENESIS_FULL_SUITE to run a part")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -36,7 +66,7 @@ _BUDGET_SKIPS: list[str] = []
 
 
 def pytest_runtest_setup(item):
-    budget = float(os.environ.get("REGENESIS_TEST_BUDGET_S", "5000"))
+    budget = float(os.environ.get("REGENESIS_TEST_BUDGET_S", str(DEFAULT_BUDGET_S)))
     spent = time.monotonic() - _START
     if "slow" in item.keywords and spent > budget:
         _BUDGET_SKIPS.append(item.nodeid)
@@ -77,3 +107,12 @@ def adapter_dir(model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("lora") / "adapter"
     get_peft_model(model, config).save_pretrained(str(out))
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory):
+    """The tiny real study of ``tests/tiny_study.py``, killed mid-arm and resumed: run once, read by the study
+    test and by the STaR and LMSI baseline fit tests."""
+    from tiny_study import run_killed_then_resumed
+
+    return run_killed_then_resumed(tmp_path_factory.mktemp("tiny_study"))

@@ -1,10 +1,12 @@
-"""The three baselines as tiny real fits: `regenesis fit --config configs/{star,lmsi,gt}_cpu.yaml`, shrunk on
-the command line, in a real subprocess (embedded model, vLLM-cpu engine, real Trainer.fit, BIG-bench data).
+"""The three baselines as tiny real fits (embedded model, vLLM-cpu engine, real Trainer.fit, BIG-bench data).
+
+STaR and LMSI are the trained arms of the session's tiny study (``tests/tiny_study.py``: each arm is a whole
+`regenesis fit` run folder); GT-SFT runs here as `regenesis fit --config configs/gt_cpu.yaml`, shrunk on the
+command line, in a real subprocess, trained as QLoRA (a 4-bit base through bitsandbytes, on the CPU here), so
+the one QLoRA fit also checks that the engine serves the dequantized 4-bit base the adapter trained against.
 
 Each must synthesize its own kind of data with its own filter, train a LoRA adapter on it (weights that start
-at zero end non-zero), and evaluate the trained model. GT-SFT trains as QLoRA (a 4-bit base through
-bitsandbytes, on the CPU here), so the one QLoRA fit also checks that the engine serves the dequantized 4-bit
-base the adapter trained against."""
+at zero end non-zero), and evaluate the trained model."""
 
 from __future__ import annotations
 
@@ -20,35 +22,33 @@ import pytest
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
 ROOT = Path(__file__).resolve().parents[1]
-SHRINK = ["--data.rounds=1", "--data.epochs_per_round=1", "--evaluation.evaluate_base=false",
+GT_FIT = ["--data.rounds=1", "--data.epochs_per_round=1", "--evaluation.evaluate_base=false",
           "--evaluation.in_domain=[{name: arithmetic, split: test, limit: 6}]", "--evaluation.ood=[]",
-          "--evaluation.max_tokens=48", "--trainer.enable_progress_bar=false"]
-# per baseline: its config, its training questions and the sizes that keep it quick
-CASES = {
-    "star": ("star_cpu.yaml", ["--data.train_task.limit=6", "--data.synthesis.samples_per_prompt=4",
-                               "--data.synthesis.max_tokens=96"]),
-    # LMSI: a strict majority is needed (ties keep nothing), so more samples, a cooler temperature, no threshold
-    "lmsi": ("lmsi_cpu.yaml", ["--data.train_task.limit=6", "--data.synthesis.samples_per_prompt=6",
-                               "--data.synthesis.temperature=0.5", "--data.synthesis.min_agreement=0.0",
-                               "--data.synthesis.max_tokens=96"]),
-    "gt": ("gt_cpu.yaml", ["--data.train_task.limit=8", "--model.mode=qlora"]),
-}
+          "--evaluation.max_tokens=48", "--trainer.enable_progress_bar=false", "--data.train_task.limit=8",
+          "--model.mode=qlora"]
 
 
 def _jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-@pytest.mark.parametrize("method", list(CASES))
-def test_baseline_trains_and_evaluates(method, tmp_path):
-    config, sizes = CASES[method]
+@pytest.mark.parametrize("method", ["star", "lmsi"])
+def test_generating_baseline_trains_and_evaluates(method, tiny_study):
+    assert tiny_study.rerun_rc == 0, tiny_study.rerun_log[-5000:]
+    _check_baseline_run(method, tiny_study.study_dir / method / "seed-0", log="")
+
+
+def test_gt_baseline_trains_as_qlora_and_evaluates(tmp_path):
     run = tmp_path / "run"
-    command = [sys.executable, "-m", "regenesis_pl.cli", "fit", "--config", str(ROOT / "configs" / config),
-               f"--data.run_dir={run}", *SHRINK, *sizes]
+    command = [sys.executable, "-m", "regenesis_pl.cli", "fit", "--config", str(ROOT / "configs" / "gt_cpu.yaml"),
+               f"--data.run_dir={run}", *GT_FIT]
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=840, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    _check_baseline_run("gt", run, log=proc.stdout + proc.stderr)
 
+
+def _check_baseline_run(method: str, run: Path, log: str) -> None:
     summary = json.loads((run / "round-0" / "summary.json").read_text())
     candidates = _jsonl(run / "round-0" / "candidates.jsonl")
     kept = [c for c in candidates if c["kept"]]
@@ -88,7 +88,7 @@ def test_baseline_trains_and_evaluates(method, tmp_path):
         assert evaluation["weights_id"] == weights_fingerprint(str(base), evaluation["adapter"])
         push = json.loads((run / "engine_timings.json").read_text())["push"]
         assert push["base"].startswith("nf4: the 4-bit base the adapter trains against"), push
-        assert "served on the nf4" in proc.stdout + proc.stderr
+        assert "served on the nf4" in log
         assert "QLoRA adapters are served on the nf4" in (run / "report.md").read_text()
     # LoRA B matrices start at zero: non-zero ones were trained
     from safetensors.torch import load_file

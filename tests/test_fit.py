@@ -18,6 +18,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from console_lines import foreign_lines
 from kill_points import kill_at_line
 from plot_checks import assert_drawn_png
 
@@ -105,6 +106,14 @@ def test_two_rounds_are_evaluated_logged_and_reported(smoke):
           f"accuracy base/r0/r1: {[evals[n]['per_task'][task]['accuracy'] for n in evals]}")
 
 
+def test_the_console_holds_our_lines_and_progress_bars_only(smoke):
+    """Library messages (vLLM, torch, Lightning, transformers, bitsandbytes) are silenced at their source by
+    default: the smoke fit's whole console is our ``[regenesis]`` lines and progress bars."""
+    assert foreign_lines(smoke.log) == [], "\n".join(foreign_lines(smoke.log))
+    started = [line for line in smoke.log.splitlines() if line.startswith("[regenesis] engine for embedded on rank 0")]
+    assert len(started) == 1 and "vllm on cpu, float32, KV cache" in started[0], started
+
+
 def test_trainable_weights_changed_and_frozen_did_not(smoke):
     import torch
 
@@ -172,6 +181,38 @@ KILL_POINTS = [
 #   killed in round 1 (round 0's runs the same code)
 
 
+def _files(run: Path, *names: str) -> tuple[bool, ...]:
+    return tuple((run / name).is_file() for name in names)
+
+
+def _phase_on_disk(where: str, run: Path) -> None:
+    """What the run folder must hold after a kill at ``where``: the kill landed in the phase it is named for
+    (the phase's own output absent, everything before it present). Evaluations write ``eval/<name>.json`` when
+    they end, a round's synthesis ``round-<k>/kept.jsonl``, an export its ``regenesis_export.json``; Lightning
+    writes ``checkpoints/last.ckpt`` at an epoch's end, after the round's evaluation and export."""
+    import torch
+
+    kept0, kept1 = "round-0/kept.jsonl", "round-1/kept.jsonl"
+    base, ev0, periodic, ev1 = "eval/base.json", "eval/round-0.json", "eval/round-1-step-4.json", "eval/round-1.json"
+    export0, export1 = "export/round-0/regenesis_export.json", "export/round-1/regenesis_export.json"
+    checkpoint = run / "checkpoints" / "last.ckpt"
+    epoch = torch.load(checkpoint, map_location="cpu", weights_only=True)["epoch"] if checkpoint.is_file() else None
+    expected = {  # (files that must be there, files that must not, the checkpoint's epochs allowed; None: none)
+        "round 0 synthesis, mid-stream": ((), (kept0, base), {None}),
+        "base evaluation, mid-call": ((kept0,), (base,), {None}),
+        "round 0 training, before the first checkpoint": ((kept0, base), (ev0,), {None}),
+        "round 0's export": ((base, ev0), (export0,), {None}),
+        "between rounds 0 and 1": ((ev0, export0), (kept1,), {None, 0}),  # epoch 0 saved just after
+        "round 1 synthesis by the trained weights, mid-stream": ((export0,), (kept1,), {0}),
+        "a periodic evaluation, mid-call": ((kept1,), (periodic,), {0}),
+        "round 1's evaluation, mid-call": ((kept1, periodic), (ev1, export1), {0}),
+    }[where]
+    present, absent, epochs = expected
+    assert all(_files(run, *present)), (where, dict(zip(present, _files(run, *present))))
+    assert not any(_files(run, *absent)), (where, dict(zip(absent, _files(run, *absent))))
+    assert epoch in epochs, (where, epoch)
+
+
 def _store_files(run: Path) -> dict[str, bytes]:
     """Every generation store file of a run (synthesis and evaluation), by path relative to the run."""
     return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.glob("**/store-*/generations*.jsonl"))}
@@ -188,18 +229,21 @@ def test_sigkill_anywhere_then_resume_matches_uninterrupted_run(smoke, tmp_path)
     lost or generated twice, and the end is the uninterrupted run's: the same requests, kept paths, trained
     adapters, answers and metrics."""
     run = tmp_path / "run"
-    checkpoint = run / "checkpoints" / "last.ckpt"
+    stored_before = 0
     for where, at, settle_s in KILL_POINTS:
         before = _store_files(run) if run.exists() else {}
         output = kill_at_line(_command(run, "--ckpt_path", "last"), at, ROOT, _env(), TIMEOUT, settle_s=settle_s)
         after = _store_files(run)
         for name, data in before.items():  # what was stored before this attempt is still there, unchanged
             assert after[name].startswith(data[: data.rfind(b"\n") + 1]), (where, name)
+        stored = len(_store_keys(run))
+        if "mid-" in where:  # half a call stored: more requests than before, and the phase's output not yet
+            assert stored > stored_before, (where, stored_before, stored)
+        _phase_on_disk(where, run)
         if where == "round 0 training, before the first checkpoint":
-            assert not checkpoint.exists() and "starts fresh" in output, where
-        if where == "round 1 synthesis by the trained weights, mid-stage":
-            assert __import__("torch").load(checkpoint, map_location="cpu", weights_only=True)["epoch"] == 0, where
-        print(f"killed at: {where} (stored requests: {len(_store_keys(run))})")
+            assert "starts fresh" in output, where
+        print(f"killed at: {where} (stored requests: {stored})")
+        stored_before = stored
     before = _store_files(run)
     proc = subprocess.run(_command(run, "--ckpt_path", "last"), cwd=ROOT, env=_env(), capture_output=True, text=True,
                           timeout=TIMEOUT, check=False)
