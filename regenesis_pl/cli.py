@@ -18,7 +18,7 @@ import sys
 
 from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter
 
-from regenesis_pl.console import quiet_third_party, show_progress_messages, take_verbose_flag
+from regenesis_pl.console import quiet_third_party, refusal_line, show_progress_messages, take_verbose_flag
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
 
@@ -171,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     except argparse.ArgumentError as err:  # an option or config key the command does not take, or a bad value
         name = " ".join(["regenesis", *argv[:1]])
         _bad_input(f"{name}: {' '.join(str(err).split())}; see `{name} --help`")
+    except ValueError as err:  # a settings class refused a value when it was built, before anything heavy
+        _bad_input(f"regenesis {argv[0] if argv else ''}: {refusal_line(err)}")
     try:
         return _run(cfg)
     except (ValueError, OSError) as err:  # OSError: a missing file, a full disk, an unwritable directory

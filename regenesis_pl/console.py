@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import traceback
 import warnings
 
 LEVEL_ENV = "REGENESIS_LOG_LEVEL"
@@ -87,3 +88,15 @@ def engine_process_env() -> dict[str, str]:
     given = os.environ.get("PYTHONWARNINGS", "")
     env["PYTHONWARNINGS"] = ",".join(w for w in (given, *_ENGINE_PROCESS_WARNINGS) if w)
     return env
+
+
+def refusal_line(err: BaseException) -> str:
+    """The one-line message of the check of ours that refused a value, from under jsonargparse's wrapping (a
+    ``Settings | None`` parameter reports every alternative's error); jsonargparse's own text otherwise."""
+    seen: BaseException | None = err
+    while seen is not None:
+        frames = traceback.extract_tb(seen.__traceback__)
+        if isinstance(seen, ValueError) and frames and f"{os.sep}regenesis_pl{os.sep}" in frames[-1].filename:
+            return " ".join(str(seen).split())
+        seen = seen.__cause__ or seen.__context__
+    return " ".join(str(err).split())

@@ -41,7 +41,7 @@ from regenesis_pl.callbacks.engine import EngineCallback
 from regenesis_pl.callbacks.evaluation import EvaluationCallback
 from regenesis_pl.callbacks.export import ExportCallback
 from regenesis_pl.callbacks.rounds import RoundDriver
-from regenesis_pl.console import quiet_third_party, show_progress_messages, verbose
+from regenesis_pl.console import quiet_third_party, refusal_line, show_progress_messages, verbose
 from regenesis_pl.data.datamodule import ReGenesisDataModule
 from regenesis_pl.engines.factory import EngineConfig
 from regenesis_pl.layout import RunLayout
@@ -202,7 +202,7 @@ def check_fit_config(args: list[str] | dict, where: str | None = None):
     except (argparse.ArgumentError, ValueError, TypeError) as err:
         if where is None:
             raise
-        raise ValueError(f"{where}: {' '.join(str(err).split())}") from None
+        raise ValueError(f"{where}: {refusal_line(err)}") from None
     finally:
         seed_log.setLevel(level)
 
@@ -239,7 +239,7 @@ def run_fit_cli(args: list[str] | None = None) -> ReGenesisCLI:
         # ArgumentError: a config key or value the live classes do not accept; OSError: a missing file, a full disk
         name = " ".join(["regenesis", *args[:1]])
         hint = f"; see `{name} --help`" if isinstance(err, argparse.ArgumentError) else ""
-        print(f"{name}: {' '.join(str(err).split())}{hint}", file=sys.stderr)
+        print(f"{name}: {refusal_line(err)}{hint}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

@@ -37,7 +37,7 @@ def main() -> None:
 
     from regenesis_pl.engines.base import SamplingConfig
     from regenesis_pl.engines.factory import EngineConfig
-    from regenesis_pl.engines.vllm_engine import _temporary_env
+    from regenesis_pl.engines.vllm_start import temporary_env
     from regenesis_pl.model_source import resolve_model
 
     tcmalloc, iomp = _find("tcmalloc_minimal"), _find("iomp5")
@@ -62,7 +62,7 @@ def main() -> None:
             # the engine's own preload is off: LD_PRELOAD alone decides, and only its processes see it
             config = EngineConfig(backend="vllm", max_lora_rank=8, kv_cache_gb=1.0, cpu_bind="all",
                                   preload_tcmalloc=False)
-            with _temporary_env({"LD_PRELOAD": preload or before}):
+            with temporary_env({"LD_PRELOAD": preload or before}):
                 outputs, tokens, seconds = timed_fresh_engine(config, model_dir, conversations, sampling)
             speeds[way].append(tokens / seconds)
             texts.setdefault(way, [o.completions[0].text for o in outputs])

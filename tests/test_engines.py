@@ -528,27 +528,27 @@ def test_vllm_start_env_unsets_an_empty_kv_cache_variable_and_binds_cores_on_req
     import os
     from types import SimpleNamespace
 
-    from regenesis_pl.engines.vllm_engine import _start_env, _temporary_env
+    from regenesis_pl.engines.vllm_start import start_env, temporary_env
 
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "")
     monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
-    env = _start_env(SimpleNamespace(cpu_bind="auto"), None, on_cpu=True)
+    env = start_env(SimpleNamespace(cpu_bind="auto"), None, on_cpu=True)
     assert env == {"VLLM_CPU_KVCACHE_SPACE": None}
-    with _temporary_env(env):
+    with temporary_env(env):
         assert "VLLM_CPU_KVCACHE_SPACE" not in os.environ
     assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == ""
-    bound = _start_env(SimpleNamespace(cpu_bind="all"), None, on_cpu=True)
+    bound = start_env(SimpleNamespace(cpu_bind="all"), None, on_cpu=True)
     assert bound["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
     assert bound["VLLM_CPU_OMP_THREADS_BIND"] == ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "4")
-    assert _start_env(SimpleNamespace(cpu_bind="auto"), None, on_cpu=True) == {}
+    assert start_env(SimpleNamespace(cpu_bind="auto"), None, on_cpu=True) == {}
     # tcmalloc, where the machine has it, is preloaded into the engine's processes only, after what was there
     import ctypes.util
 
     monkeypatch.setattr(ctypes.util, "find_library", lambda name: "libtcmalloc_minimal.so.4")
     monkeypatch.setenv("LD_PRELOAD", "libfoo.so")
-    preloaded = _start_env(SimpleNamespace(cpu_bind="auto", preload_tcmalloc=True), None, on_cpu=True)
+    preloaded = start_env(SimpleNamespace(cpu_bind="auto", preload_tcmalloc=True), None, on_cpu=True)
     assert preloaded == {"LD_PRELOAD": "libtcmalloc_minimal.so.4:libfoo.so"}
-    assert _start_env(SimpleNamespace(cpu_bind="auto", preload_tcmalloc=False), None, on_cpu=True) == {}
+    assert start_env(SimpleNamespace(cpu_bind="auto", preload_tcmalloc=False), None, on_cpu=True) == {}
     monkeypatch.setattr(ctypes.util, "find_library", lambda name: None)
-    assert _start_env(SimpleNamespace(cpu_bind="auto", preload_tcmalloc=True), None, on_cpu=True) == {}
+    assert start_env(SimpleNamespace(cpu_bind="auto", preload_tcmalloc=True), None, on_cpu=True) == {}

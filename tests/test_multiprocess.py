@@ -81,18 +81,23 @@ def toy_task(tmp_path_factory) -> Path:
     return path
 
 
+def _threads(n: int) -> int:
+    """Each process's share of the machine's two cores (a single process gets both)."""
+    return max(1, 2 // n)
+
+
 def _synthesize(n: int, task: Path, run_dir: Path) -> str:
     return _run(_torchrun(n, "synthesize", "--task.name=toy_add", f"--task.path={task}",
                           "--engine.backend=transformers", "--engine.batch_size=8",
                           "--synthesis.guidelines_per_question=2", "--synthesis.plan_max_tokens=24",
                           "--synthesis.max_tokens=96", "--synthesis.temperature=0.7", "--synthesis.require_boxed=false",
-                          "--synthesis.seed=7", "--require_kept=false", f"--run_dir={run_dir}"), threads=1)
+                          "--synthesis.seed=7", "--require_kept=false", f"--run_dir={run_dir}"), threads=_threads(n))
 
 
 def _evaluate(n: int, task: Path, run_dir: Path) -> str:
     tasks = json.dumps([{"name": "toy_add", "path": str(task)}, {"name": "arithmetic", "split": "test", "limit": 4}])
     return _run(_torchrun(n, "evaluate", f"--tasks={tasks}", "--engine.backend=transformers",
-                          "--engine.batch_size=8", "--max_tokens=64", f"--run_dir={run_dir}"), threads=1)
+                          "--engine.batch_size=8", "--max_tokens=64", f"--run_dir={run_dir}"), threads=_threads(n))
 
 
 def test_two_process_synthesize_and_evaluate_equal_one_process(toy_task, tmp_path):

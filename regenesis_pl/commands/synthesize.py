@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from regenesis_pl.data.round_files import summary_markdown, synthesize_to_store
 from regenesis_pl.engines.factory import EngineConfig, build_engine
+from regenesis_pl.layout import RunLayout
 from regenesis_pl.method.synthesis import SynthesisConfig
 from regenesis_pl.sharding import local_device, process_shard
 from regenesis_pl.tasks.registry import TaskConfig, load_questions
@@ -51,6 +52,7 @@ def run_synthesis(
     questions = load_questions(task)
     if not questions:
         raise ValueError(f"synthesize: task {task.name!r} gave no questions; check name, split and limit")
+    RunLayout(run_dir).create()  # a run directory that cannot exist fails now, in one line, not after the engine start
     shard = process_shard()
     gen = None
     if synthesis.method != "gt":

