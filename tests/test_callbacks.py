@@ -258,6 +258,9 @@ class _QLoRAModule:
         (Path(path) / "model.safetensors").write_bytes(b"weights")
         return path
 
+    def export_hf(self, path, merged=False):
+        raise AssertionError("a weight push never exports")
+
 
 def _trainer(step):
     strategy = SimpleNamespace(barrier=lambda name=None: None, broadcast=lambda obj, src=0: obj)
@@ -311,3 +314,18 @@ def test_qlora_original_base_is_served_as_the_model_and_said_so(tmp_path, monkey
     assert "differs from the trained one by the 4-bit quantization error" in push.facts()["base"]
     with pytest.raises(ValueError, match="qlora_base='fp8' is unknown"):
         WeightPush(RunLayout(tmp_path / "run"), "auto", "fp8")
+
+
+def test_a_module_without_the_trained_weights_protocol_is_refused_in_one_line(tmp_path):
+    from regenesis_pl.callbacks.weight_push import WeightPush
+    from regenesis_pl.layout import RunLayout
+
+    class Partial:  # a module of one's own that forgot most of what the callbacks need
+        mode, adapter_only = "lora", True
+
+    push = WeightPush(RunLayout(tmp_path / "run"), "adapter", "original")
+    with pytest.raises(TypeError) as info:
+        push.push(_trainer(3), Partial(), _Engine(), 0, "embedded", "float32")
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("weight push: Partial lacks ['trainable_state_fingerprint'")
+    assert "export_hf" in message and "SFTModule" in message

@@ -9,11 +9,12 @@ from regenesis_pl.method.filters import (
     cap_length,
     check_gold,
     drop_hint_leaks,
-    judge_gate,
+    judge_flow,
     majority_vote,
     mentions_hint,
     select_kept,
 )
+from regenesis_pl.method.flows import drive
 from regenesis_pl.method.records import Candidate, Verdict
 from regenesis_pl.method.stats import distinct_n, guideline_utilization
 from regenesis_pl.tasks.types import AnswerType, Question
@@ -165,12 +166,12 @@ def test_select_kept_rejects_bad_settings():
         select_kept([], dedup_threshold=1.5)
 
 
-def test_judge_gate_parses_yes_no_and_is_greedy():
+def test_judge_step_parses_yes_no_and_is_greedy():
     replies = {"A": "Yes, it agrees.", "B": "No.", "C": "I cannot tell"}
     engine = ScriptedEngine(lambda stage, conv, seed, i: replies[conv[-1]["content"].split("Proposed solution:\n")[1][0]])
     cs = [cand(f"{k} path \\boxed{{7}}", gid=k, verdict=Verdict.CORRECT) for k in "ABC"]
     cs.append(cand("D path \\boxed{8}", gid="D", verdict=Verdict.WRONG))
-    judge_gate(engine, cs, BY_ID)
+    drive(engine, judge_flow(cs, BY_ID))  # the judge step of filter_flow, as one engine call
     assert [c.verdict for c in cs] == [Verdict.CORRECT, Verdict.JUDGE_REJECTED, Verdict.JUDGE_REJECTED, Verdict.WRONG]
     assert [c.meta.get("judge") for c in cs] == ["yes", "no", "unparsed", None]
     assert len(engine.calls) == 1 and engine.calls[0]["sampling"].greedy

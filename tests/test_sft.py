@@ -17,10 +17,16 @@ from regenesis_pl.data.sft import (
     encode_conversation,
     encode_conversations,
     pack_records,
-    pad_fraction,
     split_train_val,
 )
 from regenesis_pl.tasks.types import AnswerType, Question
+
+
+def pad_fraction(lengths, batches) -> float:
+    """Share of padding tokens when ``batches`` (lists of record indices) are padded to their longest."""
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches if b)
+    real = sum(lengths[i] for b in batches for i in b)
+    return 1.0 - real / padded if padded else 0.0
 
 
 def chain_conversations(n: int, seed: int = 0) -> list[list[dict[str, str]]]:

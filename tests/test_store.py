@@ -284,7 +284,7 @@ def test_prepare_store_dir_reuse_and_change(tmp_path):
 
 def test_one_open_store_per_directory(tmp_path):
     store = GenerationStore(tmp_path)
-    with pytest.raises(RuntimeError, match="in use by another running job"):
+    with pytest.raises(BlockingIOError, match="in use by another running job"):  # an OSError: one line, exit 2
         GenerationStore(tmp_path)
     store.close()
     GenerationStore(tmp_path).close()

@@ -25,6 +25,7 @@ from regenesis_pl.callbacks.weight_push import QLoRABase, WeightPush
 from regenesis_pl.engines.factory import EngineConfig
 from regenesis_pl.engines.push_mode import PushMode, check_push_settings
 from regenesis_pl.layout import RunLayout
+from regenesis_pl.model.trained import trained_weights
 from regenesis_pl.sharding import Shard
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ class EngineCallback(Callback):
     # ------------------------------------------------------------------------------ building
     def model_name(self, pl_module) -> str:
         """The base model the engine serves: this callback's ``model`` or the module's ``model`` hyperparameter."""
-        name = self.model or getattr(pl_module, "hparams", {}).get("model")
+        name = self.model or pl_module.hparams.get("model")
         if not name:
             raise ValueError("engine callback: no model to serve; set `model` on the EngineCallback or use a "
                              "LightningModule with a `model` hyperparameter")
@@ -103,7 +104,7 @@ class EngineCallback(Callback):
         name = self.model_name(pl_module)
         device = trainer.strategy.root_device
         device = str(device) if device.type == "cuda" else None
-        lora = bool(getattr(pl_module, "adapter_only", True)) and self.weights.mode != "merged"
+        lora = trained_weights(pl_module, "engine callback").adapter_only and self.weights.mode != "merged"
         _release_cached_memory("engine build")
         self.engine = build_engine(self.config, name, enable_lora=lora, device=device,
                                    label=f"on rank {trainer.global_rank} (built once per run)")
@@ -249,8 +250,8 @@ class EngineCallback(Callback):
 
         import torch
 
-        hparams = getattr(pl_module, "hparams", {})  # refuse before any round runs, not at the first push
-        check_push_settings(self.weights.mode, self.backend, str(hparams.get("mode", "lora")), int(hparams.get("lora_r", 0)),
+        weights = trained_weights(pl_module, "engine callback")  # refuse before any round runs, not at a push
+        check_push_settings(self.weights.mode, self.backend, weights.mode, int(pl_module.hparams.get("lora_r", 0)),
                             self.config.max_lora_rank)
         local = max(1, int(getattr(trainer, "num_devices", 1) or 1))
         if trainer.strategy.root_device.type == "cpu" and local > 1 and "OMP_NUM_THREADS" not in os.environ:

@@ -24,6 +24,7 @@ from lightning.pytorch import Callback
 from regenesis_pl.atomic import write_json
 from regenesis_pl.hashing import tensors_digest
 from regenesis_pl.layout import RunLayout
+from regenesis_pl.model.trained import trained_weights
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +72,14 @@ class ExportCallback(Callback):
         """Write round k's folder(s) with the round's evaluation summary (if any) in their meta; every rank
         calls this (full weights are gathered under FSDP)."""
         start = time.perf_counter()
+        weights = trained_weights(pl_module, "export callback")
         folder = self.layout.export(k)
-        pl_module.export_hf(folder, merged=False)
+        weights.export_hf(folder, merged=False)
         written = [folder]
-        if self.merged and getattr(pl_module, "adapter_only", False):
-            written.append(pl_module.export_hf(self.layout.export(k, merged=True), merged=True))
+        if self.merged and weights.adapter_only:
+            written.append(weights.export_hf(self.layout.export(k, merged=True), merged=True))
         # on every rank: under FSDP the fingerprint gathers the full weights (a collective call)
-        fingerprint = getattr(pl_module, "trainable_state_fingerprint", None)
-        trainable = fingerprint() if callable(fingerprint) else None
+        trainable = weights.trainable_state_fingerprint()
         if trainer.is_global_zero:
             meta = self._meta(trainer, pl_module, k, trainable, evaluation)
             meta["seconds"] = round(time.perf_counter() - start, 2)
@@ -90,10 +91,10 @@ class ExportCallback(Callback):
 
     def _meta(self, trainer, pl_module, k: int, trainable_fingerprint: str | None,
               summary: dict[str, Any] | None) -> dict[str, Any]:
-        hparams = dict(getattr(pl_module, "hparams", {}) or {})
+        hparams = dict(pl_module.hparams)
         meta: dict[str, Any] = {
             "round": k, "step": trainer.global_step, "epoch": trainer.current_epoch,
-            "mode": getattr(pl_module, "mode", hparams.get("mode")), "base_model": str(hparams.get("model")),
+            "mode": trained_weights(pl_module, "export callback").mode, "base_model": str(hparams.get("model")),
             "trainable_fingerprint": trainable_fingerprint,
             "trainable_params": sum(p.numel() for p in pl_module.parameters() if p.requires_grad),
         }

@@ -27,6 +27,7 @@ from regenesis_pl.atomic import read_json, write_json
 from regenesis_pl.engines.fingerprint import weights_fingerprint
 from regenesis_pl.engines.push_mode import check_mode, measured_choice, probe, static_choice
 from regenesis_pl.layout import RunLayout
+from regenesis_pl.model.trained import trained_weights
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ class WeightPush:
         key = self._weights_key(trainer, pl_module)
         if key == self._pushed_key:
             return False
-        adapter_only = getattr(pl_module, "adapter_only", True)
+        adapter_only = trained_weights(pl_module, "weight push").adapter_only
         if trainer.global_step == 0 and trainer.ckpt_path is None and self._pushed_key is None:
             # Step 0 without a checkpoint: the module holds the base weights (new LoRA adapters have B = 0) and
             # the engines serve them (QLoRA: its dequantized base): nothing to transfer.
@@ -116,7 +117,7 @@ class WeightPush:
         """QLoRA with ``qlora_base: nf4``: the engine loads the 4-bit base the adapter trains against, dequantized
         into ``dtype`` (every rank calls this; rank 0 writes the folder once per run and a resumed run reuses it,
         so its fingerprint, and the store keys built on it, stay the same)."""
-        if self._base_dir is not None or getattr(pl_module, "mode", None) != "qlora":
+        if self._base_dir is not None or trained_weights(pl_module, "weight push").mode != "qlora":
             return
         if self.qlora_base == "original":
             self.base_note = ("original: the unquantized base (generation.qlora_base: original); the served model "
@@ -142,16 +143,15 @@ class WeightPush:
     def _weights_key(trainer, pl_module) -> tuple:
         """Step plus, for adapters, a hash of the trainable weights (cheap; catches a reset to the base).
         Full weights are keyed by step alone: hashing them would gather billions of parameters."""
-        fingerprint = getattr(pl_module, "trainable_state_fingerprint", None)
-        cheap = getattr(pl_module, "adapter_only", False) and callable(fingerprint)
-        return (trainer.global_step, fingerprint() if cheap else None)
+        weights = trained_weights(pl_module, "weight push")
+        return (trainer.global_step, weights.trainable_state_fingerprint() if weights.adapter_only else None)
 
     def _static_choice(self, pl_module) -> str | None:
         """The push choice when it needs no measurement (logged once); None while ``auto`` has not measured."""
         if self.choice is None:
-            adapter_only = getattr(pl_module, "adapter_only", True)
-            mode = getattr(pl_module, "mode", "lora") if adapter_only else "full"
-            blocker = pl_module.merge_blocker() if adapter_only and self.mode != "adapter" else None
+            weights = trained_weights(pl_module, "weight push")
+            mode = weights.mode if weights.adapter_only else "full"
+            blocker = weights.merge_blocker() if weights.adapter_only and self.mode != "adapter" else None
             self.choice, self.reason = static_choice(self.mode, mode, blocker)
             if self.choice is not None:
                 log.info("engine: trained weights reach the engines as %s (%s)", self.choice, self.reason)

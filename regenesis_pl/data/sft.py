@@ -277,13 +277,6 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         return total // self.num_replicas
 
 
-def pad_fraction(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> float:
-    """Share of padding tokens when ``batches`` (lists of record indices) are padded to their longest."""
-    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches if b)
-    real = sum(lengths[i] for b in batches for i in b)
-    return 1.0 - real / padded if padded else 0.0
-
-
 def pack_records(records: Sequence[dict[str, list[int]]], max_length: int) -> list[dict[str, list[int]]]:
     """Concatenate records into rows of at most ``max_length`` tokens (first-fit, longest first).
 

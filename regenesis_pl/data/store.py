@@ -180,8 +180,8 @@ def _lock(handle, path: Path) -> None:
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise RuntimeError(f"store {path} is in use by another running job (or another open store in this "
-                           "process); wait for it to finish or use another run directory") from None
+        raise BlockingIOError(f"store {path} is in use by another running job (or another open store in this "
+                              "process); wait for it to finish or use another run directory") from None
 
 
 # -- run directories ------------------------------------------------------------------------------------

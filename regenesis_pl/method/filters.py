@@ -1,6 +1,6 @@
 """Which synthesized paths become training data: answer check, gates, dedup and the per-question cap.
 
-Order of the gates (``filter_candidates``):
+Order of the gates (``filter_flow``):
 1. answer check: gold match via ``tasks.grading`` (CORRECT / WRONG / UNPARSED), or, without gold answers,
    self-consistency majority vote per question (MAJORITY / MINORITY / UNPARSED); with ``require_boxed``
    a path must state its answer in ``\\boxed{}`` (as the prompts ask), else it is UNPARSED even when the
@@ -22,10 +22,9 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 
-from regenesis_pl.engines.base import Engine, Request, SamplingConfig
+from regenesis_pl.engines.base import Request, SamplingConfig
 from regenesis_pl.hashing import stable_rng, stable_seed
-from regenesis_pl.method.flows import Flow, drive
-from regenesis_pl.method.ledger import TokenLedger
+from regenesis_pl.method.flows import Flow
 from regenesis_pl.method.prompts import judge_prompt, parse_judgement
 from regenesis_pl.method.records import Candidate, Verdict
 from regenesis_pl.tasks.grading import canonical_answer, extract_answer, grade
@@ -175,12 +174,6 @@ def judge_flow(candidates: Sequence[Candidate], questions: Mapping[str, Question
     return candidates
 
 
-def judge_gate(engine: Engine, candidates: Sequence[Candidate], questions: Mapping[str, Question],
-               max_tokens: int = 16, seed: int = 0, ledger: TokenLedger | None = None) -> Sequence[Candidate]:
-    """``judge_flow`` in one engine call."""
-    return drive(engine, judge_flow(candidates, questions, max_tokens, seed), ledger)
-
-
 def normalize(text: str) -> list[str]:
     """Lower-cased alphanumeric words of a text (the unit of dedup and distinct-n)."""
     return re.findall(r"[a-z0-9]+", text.lower())
@@ -249,14 +242,3 @@ def filter_flow(candidates: Sequence[Candidate], questions: Mapping[str, Questio
     if judge:
         yield from judge_flow(candidates, questions, seed=seed)
     return select_kept(candidates, max_per_question, dedup_threshold, seed=seed)
-
-
-def filter_candidates(candidates: Sequence[Candidate], questions: Mapping[str, Question], use_gold: bool = True,
-                      min_agreement: float = 0.0, require_boxed: bool = True, max_path_tokens: int | None = 800,
-                      max_per_question: int | None = 5, dedup_threshold: float | None = 0.9,
-                      judge_engine: Engine | None = None, seed: int = 0,
-                      ledger: TokenLedger | None = None) -> Sequence[Candidate]:
-    """``filter_flow`` with its judge step (when ``judge_engine`` is given) as one engine call."""
-    return drive(judge_engine, filter_flow(candidates, questions, use_gold, min_agreement, require_boxed,
-                                           max_path_tokens, max_per_question, dedup_threshold,
-                                           judge_engine is not None, seed), ledger)
