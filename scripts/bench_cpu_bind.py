@@ -10,31 +10,20 @@ greedy texts agree, and each speed as a share of the matmul limit measured in th
 
 from __future__ import annotations
 
-import argparse
 import os
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="embedded")
-    parser.add_argument("--prompts", type=int, default=64)
-    parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=2)
+    from bench_engines import side_by_side_inputs, side_by_side_parser, timed_fresh_engine
+
+    parser = side_by_side_parser(__doc__, prompts=64, max_tokens=128, repeats=2)
     parser.add_argument("--kv-cache-gb", type=float, default=2.0)
     args = parser.parse_args()
 
-    from bench_engines import make_conversations, timed_fresh_engine
-
-    from regenesis_pl.engines.base import SamplingConfig
     from regenesis_pl.engines.factory import EngineConfig
-    from regenesis_pl.model_source import resolve_model
     from regenesis_pl.roofline import describe, matmul_flops, parameter_count
 
-    model_dir = resolve_model(args.model)
-    conversations = make_conversations(args.prompts)
-    sampling = SamplingConfig(max_tokens=args.max_tokens)
-    print(f"model={model_dir} prompts={args.prompts} max_tokens={args.max_tokens} cores={len(os.sched_getaffinity(0))} "
-          f"load_avg={os.getloadavg()[0]:.1f}")
+    model_dir, conversations, sampling = side_by_side_inputs(args)
     speeds: dict[str, list[float]] = {"auto": [], "all": []}
     texts: dict[str, list[str]] = {}
     for repeat in range(args.repeats):

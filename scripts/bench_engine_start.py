@@ -12,34 +12,22 @@ the tokens/s of the same greedy prompts, the start ratio and how many greedy tex
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import time
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="embedded")
-    parser.add_argument("--prompts", type=int, default=32)
-    parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    from bench_engines import run, side_by_side_inputs, side_by_side_parser
 
-    from bench_engines import make_conversations, run
+    args = side_by_side_parser(__doc__, prompts=32, max_tokens=64, repeats=3).parse_args()
 
-    from regenesis_pl.engines.base import SamplingConfig
     from regenesis_pl.engines.factory import EngineConfig, build_engine
     from regenesis_pl.engines.vllm_start import temporary_env
-    from regenesis_pl.model_source import resolve_model
 
-    model_dir = resolve_model(args.model)
-    conversations = make_conversations(args.prompts)
-    sampling = SamplingConfig(max_tokens=args.max_tokens)
+    model_dir, conversations, sampling = side_by_side_inputs(args)
     config = EngineConfig(backend="vllm", max_lora_rank=8, kv_cache_gb=1.0, cpu_bind="all")
     ways = {"core in this process": None, "core in its own process": "1"}
-    print(f"prompts={args.prompts} max_tokens={args.max_tokens} cores={len(os.sched_getaffinity(0))} "
-          f"load_avg={os.getloadavg()[0]:.1f}")
     starts: dict[str, list[float]] = {way: [] for way in ways}
     closes: dict[str, list[float]] = {way: [] for way in ways}
     speeds: dict[str, list[float]] = {way: [] for way in ways}

@@ -36,6 +36,29 @@ def make_conversations(n: int):
     return out
 
 
+def side_by_side_parser(doc: str, prompts: int, max_tokens: int, repeats: int) -> argparse.ArgumentParser:
+    """The options every side-by-side engine benchmark takes: model, prompt count, new tokens, repeats."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--model", default="embedded")
+    parser.add_argument("--prompts", type=int, default=prompts)
+    parser.add_argument("--max-tokens", type=int, default=max_tokens)
+    parser.add_argument("--repeats", type=int, default=repeats)
+    return parser
+
+
+def side_by_side_inputs(args, **shown):
+    """(model folder, conversations, greedy sampling) of a side-by-side run, after one line saying what it runs
+    on (``shown``: more of it, e.g. the ways compared)."""
+    from regenesis_pl.engines.base import SamplingConfig
+    from regenesis_pl.model_source import resolve_model
+
+    model_dir = resolve_model(args.model)
+    extra = "".join(f" {key}={value}" for key, value in shown.items())
+    print(f"model={model_dir} prompts={args.prompts} max_tokens={args.max_tokens} cores={len(os.sched_getaffinity(0))} "
+          f"load_avg={os.getloadavg()[0]:.1f}{extra}")
+    return model_dir, make_conversations(args.prompts), SamplingConfig(max_tokens=args.max_tokens)
+
+
 def make_adapter(model_dir: str, out_dir: str) -> str:
     """A random-init LoRA (r=8) on the attention projections."""
     import torch

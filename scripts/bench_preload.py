@@ -11,7 +11,6 @@ texts agree. A way whose library is not on the machine is skipped and said so.
 
 from __future__ import annotations
 
-import argparse
 import ctypes.util
 import glob
 import os
@@ -26,19 +25,12 @@ def _find(name: str) -> str | None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="embedded")
-    parser.add_argument("--prompts", type=int, default=64)
-    parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=2)
-    args = parser.parse_args()
+    from bench_engines import side_by_side_inputs, side_by_side_parser, timed_fresh_engine
 
-    from bench_engines import make_conversations, timed_fresh_engine
+    args = side_by_side_parser(__doc__, prompts=64, max_tokens=128, repeats=2).parse_args()
 
-    from regenesis_pl.engines.base import SamplingConfig
     from regenesis_pl.engines.factory import EngineConfig
     from regenesis_pl.engines.vllm_start import temporary_env
-    from regenesis_pl.model_source import resolve_model
 
     tcmalloc, iomp = _find("tcmalloc_minimal"), _find("iomp5")
     ways = {"none": ""}
@@ -49,11 +41,7 @@ def main() -> None:
             print(f"[{name}] skipped: its library is not on this machine")
     if tcmalloc and iomp:
         ways["both"] = f"{tcmalloc}:{iomp}"
-    model_dir = resolve_model(args.model)
-    conversations = make_conversations(args.prompts)
-    sampling = SamplingConfig(max_tokens=args.max_tokens)
-    print(f"prompts={args.prompts} max_tokens={args.max_tokens} cores={len(os.sched_getaffinity(0))} "
-          f"load_avg={os.getloadavg()[0]:.1f} ways={ways}")
+    model_dir, conversations, sampling = side_by_side_inputs(args, ways=ways)
     speeds: dict[str, list[float]] = {way: [] for way in ways}
     texts: dict[str, list[str]] = {}
     before = os.environ.get("LD_PRELOAD")
