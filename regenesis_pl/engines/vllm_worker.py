@@ -45,6 +45,15 @@ class WeightReloadExtension:
                 refreshed += 1
         return refreshed
 
+    def regenesis_forget_reload_state(self) -> None:
+        """Drop what vLLM's layer-wise reload keeps per layer for the next reload (module-level, keyed by the
+        layer): after a reload it holds a copy of the weights that outlives the engine. Called when the engine
+        closes; it matters where the model runs in the caller's process, which goes on after the engine."""
+        from vllm.model_executor.model_loader.reload import layerwise
+
+        for module in self.model_runner.get_model().modules():
+            layerwise.LAYERWISE_INFO.pop(module, None)
+
 
 class DropMessages:
     """A logging filter that drops records whose message starts with one of ``prefixes`` (vLLM notices that
