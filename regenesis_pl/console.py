@@ -25,6 +25,10 @@ VERBOSE_FLAG = "--verbose"
 _WARNINGS = (
     # Lightning's pytree helper calls an isinstance check that torch 2.13 deprecated
     ("lightning.pytorch.utilities._pytree", r"`isinstance\(treespec, LeafSpec\)` is deprecated"),
+    # Lightning advises sync_dist whenever torch.distributed is initialized, not when the trainer has several
+    # ranks: a model served in this process (``engine.model_in_process``) joins a one-process group, and our one
+    # epoch-level metric passes sync_dist=True already (``model.module``)
+    ("lightning.pytorch.trainer.connectors.logger_connector.result", r"It is recommended to use `self\.log\("),
 )
 # Warnings raised inside vLLM wherever its model runs (its worker processes, or this one: see
 # ``engines.vllm_start.cpu_executor``): (category, module). The workers get them as PYTHONWARNINGS entries.

@@ -27,7 +27,8 @@ def _evaluate(tmp_path: Path, name: str, *extra: str) -> str:
                             + "\n" for i in range(2)))
     command = [sys.executable, "-m", "regenesis_pl.cli", "evaluate", *extra, "--tasks",
                json.dumps([{"name": "toy_add", "path": str(data)}]), "--engine.backend", "vllm",
-               "--engine.cpu_bind", "all", "--engine.max_model_len", "512", "--engine.kv_cache_gb", "0.5",
+               "--engine.cpu_bind", "all", "--engine.model_in_process", "true", "--engine.max_model_len", "512",
+               "--engine.kv_cache_gb", "0.5",
                "--max_tokens", "16", "--run_dir", str(tmp_path / name)]
     env = {k: v for k, v in os.environ.items() if k not in ("VLLM_LOGGING_LEVEL", "REGENESIS_LOG_LEVEL",
                                                              "TRANSFORMERS_VERBOSITY", "TORCH_CPP_LOG_LEVEL",

@@ -233,7 +233,8 @@ def vllm_engine(model_dir):
     import psutil
 
     before = {p.pid for p in psutil.Process().children(recursive=True)}
-    engine = build_engine(EngineConfig(backend="vllm", max_lora_rank=8, kv_cache_gb=1, cpu_bind="all"), model_dir)
+    engine = build_engine(EngineConfig(backend="vllm", max_lora_rank=8, kv_cache_gb=1, cpu_bind="all",
+                                       model_in_process=True), model_dir)
     engine.spawned = {p.pid for p in psutil.Process().children(recursive=True)} - before
     yield engine
     engine.close()
@@ -461,7 +462,8 @@ def mistral_layout_dir(model_dir, tmp_path_factory):
 def test_vllm_reads_the_hugging_face_files_of_a_mistral_layout(vllm_greedy, mistral_layout_dir):
     """vLLM on "auto" would read Mistral's config, tokenizer and consolidated weights where a folder has them;
     the engine reads the same Hugging Face files as the trainer, so it answers like the plain folder."""
-    engine = build_engine(EngineConfig(backend="vllm", max_lora_rank=8, kv_cache_gb=1, cpu_bind="all"), str(mistral_layout_dir))
+    engine = build_engine(EngineConfig(backend="vllm", max_lora_rank=8, kv_cache_gb=1, cpu_bind="all",
+                                       model_in_process=True), str(mistral_layout_dir))
     try:
         assert texts(engine.generate(CONVERSATIONS, GREEDY)) == texts(vllm_greedy)
     finally:
@@ -487,7 +489,7 @@ def _engine_processes(pids: set[int]) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.vllm
 def test_vllm_close_ends_engine_processes(vllm_engine, model_dir, tmp_path):
-    """Runs last in this module. The module's engine (``cpu_bind: all``, one process) runs its model in this
+    """Runs last in this module. The module's engine (``cpu_bind: all``, ``model_in_process``) runs its model in this
     process (``cpu_executor``: "uni"): it spawned nothing, it kept serving while another engine was built and
     closed beside it (the Mistral-layout test), and closing it leaves none of its weights behind, though full
     weights were pushed into it (vLLM keeps a per-layer copy for the next reload otherwise). In a process with a
@@ -517,7 +519,8 @@ def test_vllm_close_ends_engine_processes(vllm_engine, model_dir, tmp_path):
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'group'}", rank=0, world_size=1)
     try:
         spawned_before = {p.pid for p in psutil.Process().children(recursive=True)}
-        worker = build_engine(EngineConfig(backend="vllm", max_lora_rank=8, kv_cache_gb=1, cpu_bind="all"), model_dir)
+        worker = build_engine(EngineConfig(backend="vllm", max_lora_rank=8, kv_cache_gb=1, cpu_bind="all",
+                                       model_in_process=True), model_dir)
         spawned = {p.pid for p in psutil.Process().children(recursive=True)} - spawned_before
         assert worker.executor == "mp" and spawned
         assert texts(worker.generate(CONVERSATIONS[:1], GREEDY)) == before

