@@ -6,19 +6,18 @@ is trained on. Metrics are accumulated with torchmetrics, one pair of metrics pe
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 from torchmetrics.aggregation import MeanMetric, SumMetric
 
-from regenesis_pl.atomic import read_json, write_json, write_jsonl, write_text
+from regenesis_pl.atomic import write_json, write_jsonl, write_text
 from regenesis_pl.chat import question_messages
 from regenesis_pl.engines.base import Engine, SamplingConfig
 from regenesis_pl.hashing import stable_seed
 from regenesis_pl.layout import RunLayout
-from regenesis_pl.sharding import DEFAULT_WAIT_MINUTES, Shard, mark_failed, wait_for_files
+from regenesis_pl.sharding import ShardedJob
 from regenesis_pl.tasks.grading import grade
 from regenesis_pl.tasks.types import Question
 
@@ -125,39 +124,28 @@ def score_records(records: Sequence[dict], skipped: int = 0) -> EvalResult:
 
 
 def evaluate_questions(engine: Engine, questions: Sequence[Question], max_tokens: int = 512,
-                       progress: str | None = "evaluate", shard: Shard | None = None,
-                       parts: Callable[[int], Path] | None = None, wait_minutes: float = DEFAULT_WAIT_MINUTES,
-                       failures: Path | None = None, since: float | None = None) -> EvalResult | None:
+                       progress: str | None = "evaluate", job: ShardedJob | None = None,
+                       since: float | None = None) -> EvalResult | None:
     """Greedy zero-shot CoT on ``questions`` (any mix of tasks) through ``engine``, scored per task.
 
-    Questions without a gold answer are skipped and counted (``skipped_without_gold``). With a ``shard`` of
-    several processes, every rank answers its share and writes it to ``parts(rank)``; rank 0 waits for all
-    parts (polling files; a marker in ``failures`` written since ``since`` ends the wait), merges them in
-    question order and returns the result, the other ranks return None.
-    The merged result equals a one-process evaluation (greedy; seeds from question identity).
+    Questions without a gold answer are skipped and counted (``skipped_without_gold``). With a ``job`` over
+    several processes every rank answers its share; rank 0 merges the shares in question order and returns the
+    result, the other ranks return None (``since``: when the work began, see ``ShardedJob.run``). The merged
+    result equals a one-process evaluation (greedy; seeds from question identity).
     """
-    shard = shard or Shard()
     gradable = [q for q in questions if q.answer is not None]
     skipped = len(questions) - len(gradable)
     if not gradable:
         raise ValueError(f"evaluate: none of the {len(questions)} questions has a gold answer; nothing to score")
-    if shard.world == 1:
-        return score_records(answer_questions(engine, gradable, max_tokens, progress), skipped)
-    if parts is None:
-        raise ValueError("evaluate_questions: a sharded evaluation needs `parts` (where each rank writes its share)")
-    try:
-        write_json(parts(shard.rank), answer_questions(engine, shard.take(gradable), max_tokens, progress))
-    except Exception as err:
-        if failures is not None:
-            mark_failed(failures, shard.rank, err)
-        raise
-    if not shard.is_first:
-        return None
-    wait_for_files([parts(r) for r in range(shard.world)], f"evaluation {progress or ''}".strip(), wait_minutes,
-                   failures=failures, since=since)
-    by_id = {(r["task"], r["question_id"]): r for rank in range(shard.world)
-             for r in read_json(parts(rank), "evaluation part")}
-    return score_records([by_id[(q.task, q.id)] for q in gradable], skipped)
+
+    def merge(parts: list[list[dict]]) -> EvalResult:
+        by_id = {(r["task"], r["question_id"]): r for part in parts for r in part}
+        return score_records([by_id[(q.task, q.id)] for q in gradable], skipped)
+
+    def work(mine: list[Question]) -> list[dict]:
+        return answer_questions(engine, mine, max_tokens, progress)
+
+    return merge([work(gradable)]) if job is None else job.run(gradable, work, merge, since=since)
 
 
 def write_eval_report(result: EvalResult, run_dir: str, title: str = "Evaluation", meta: dict | None = None) -> None:

@@ -22,6 +22,7 @@ from typing import TypeVar
 from regenesis_pl.layout import shard_name
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 DEFAULT_WAIT_MINUTES = 24 * 60.0  # a paper-size round on one GPU per rank can take hours
 
@@ -142,6 +143,61 @@ def wait_for_files(paths: Sequence[Path], what: str, timeout_minutes: float = DE
             say(f"{what}: waiting for {len(missing)} other rank(s) ({', '.join(p.name for p in missing[:4])})")
             next_note = now + 60
         time.sleep(poll_s)
+
+
+@dataclass(frozen=True)
+class ShardedJob:
+    """One job split over the ranks, the way synthesis rounds and evaluations run: every rank does its share
+    and writes it to ``part(rank)``, rank 0 waits for every part and merges them, the others wait for the merge.
+
+    Args:
+        shard: This process's share.
+        part: Where rank r writes its part (JSON).
+        what: What the job is, for the waits' notices and errors ("round 0 synthesis", "eval base").
+        failures: Folder of failure markers: a rank that fails leaves one, so the others stop waiting for it.
+        wait_minutes: How long a rank waits for the others' files.
+        done: A file the merge writes last; the other ranks wait for it (None: for every part).
+        say: Where the waits' notices go (one a minute).
+    """
+
+    shard: Shard
+    part: Callable[[int], Path]
+    what: str
+    failures: Path | None = None
+    wait_minutes: float = DEFAULT_WAIT_MINUTES
+    done: Path | None = None
+    say: Callable[[str], None] | None = None
+
+    def run(self, items: Sequence[T], work: Callable[[list[T]], object], merge: Callable[[list], R],
+            since: float | None = None) -> R | None:
+        """``merge`` over every rank's ``work(its share of items)``; rank 0 returns it, the others None.
+
+        ``work`` returns its part as JSON data; ``merge`` gets the parts in rank order exactly as they read back
+        from disk. A single process writes no files: its part goes through JSON in memory. ``since`` is when
+        this work began (wall-clock seconds; default now): failure markers older than that are an earlier run's.
+        """
+        import json
+
+        from regenesis_pl.atomic import read_json, write_json
+
+        if self.shard.world == 1:
+            return merge([json.loads(json.dumps(work(list(items))))])
+        since = time.time() if since is None else since
+        shard, paths = self.shard, [self.part(r) for r in range(self.shard.world)]
+        if self.failures is not None:
+            clear_failed(self.failures, shard.rank)
+        try:
+            write_json(paths[shard.rank], work(shard.take(items)))
+            wait = {"timeout_minutes": self.wait_minutes, "say": self.say, "failures": self.failures, "since": since}
+            if shard.is_first:
+                wait_for_files(paths, self.what, **wait)
+                return merge([read_json(p, f"{self.what} part") for p in paths])
+            wait_for_files([self.done] if self.done is not None else paths, f"{self.what} merge", **wait)
+            return None
+        except Exception as err:
+            if self.failures is not None:
+                mark_failed(self.failures, shard.rank, err)
+            raise
 
 
 def local_device() -> str | None:

@@ -17,7 +17,7 @@ from regenesis_pl.engines.base import Completion, RequestOutput
 from regenesis_pl.evaluation import evaluate_questions
 from regenesis_pl.layout import RunLayout
 from regenesis_pl.method.synthesis import merge_shards, synthesize_round
-from regenesis_pl.sharding import Shard, process_shard, wait_for_files
+from regenesis_pl.sharding import Shard, ShardedJob, process_shard, wait_for_files
 
 
 def test_shards_partition_the_items_in_order():
@@ -134,9 +134,20 @@ def test_sharded_evaluation_equals_one_process(tmp_path):
     questions = make_questions(9)
     whole = evaluate_questions(Echo(), questions, progress=None)
     layout = RunLayout(tmp_path)
-    parts = lambda rank: layout.evaluation_shard("base", "t", rank)
-    assert evaluate_questions(Echo(), questions, progress=None, shard=Shard(1, 2), parts=parts) is None
-    merged = evaluate_questions(Echo(), questions, progress=None, shard=Shard(0, 2), parts=parts, wait_minutes=1)
+    results = {}
+
+    def rank(r):  # two ranks as threads: each answers its share, rank 0 merges, rank 1 waits for every part
+        job = ShardedJob(Shard(r, 2), part=lambda k: layout.evaluation_shard("base", "t", k), what="eval base",
+                         failures=layout.failures, wait_minutes=1)
+        results[r] = evaluate_questions(Echo(), questions, progress=None, job=job)
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in (1, 0)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    merged = results[0]
+    assert results[1] is None and sorted(results) == [0, 1]
     assert merged.to_json() == whole.to_json() and merged.records == whole.records
     assert whole.per_task["toy_add"].correct == 5
 

@@ -26,7 +26,7 @@ from regenesis_pl.data.datamodule import ReGenesisDataModule
 from regenesis_pl.data.round_files import served_by
 from regenesis_pl.hashing import digest
 from regenesis_pl.layout import RunLayout, round_name
-from regenesis_pl.sharding import DEFAULT_WAIT_MINUTES, wait_for_files
+from regenesis_pl.sharding import DEFAULT_WAIT_MINUTES, ShardedJob
 from regenesis_pl.tasks.registry import TaskConfig
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ class EvaluationCallback(Callback):
     def evaluate(self, trainer, pl_module, name: str, round_k: int, kind: str) -> dict[str, Any] | None:
         """Evaluate the current weights on every rank; rank 0 writes ``eval/<name>.json``, logs and returns the
         summary (other ranks return None once every share is written)."""
-        from regenesis_pl.data.cached_engine import CachedEngine
+        from regenesis_pl.data.cached_engine import through_store
         from regenesis_pl.data.store import prepare_store_dir
         from regenesis_pl.evaluation import evaluate_questions
 
@@ -145,23 +145,17 @@ class EvaluationCallback(Callback):
             served, token = trainer.strategy.broadcast((served_by(engine), uuid.uuid4().hex), src=0)
             weights_id = served["weights_id"]
             tag = digest([served, self.max_tokens, [q.to_dict() for q in questions], shard.world, token], 12)
-            parts = lambda rank: self.layout.evaluation_shard(name, tag, rank)
-            cached = None
+            # rank 0 waits for every part to merge them, the others for every part too: all leave the block together
+            job = ShardedJob(shard, part=lambda rank: self.layout.evaluation_shard(name, tag, rank),
+                             what=f"eval {name}", failures=self.layout.failures, wait_minutes=self.wait_minutes)
+            store_dir = None
             if engine is not None:  # one store for every evaluation of the run: keys hold the weights' content
                 meta = {"purpose": "fit evaluation", "backend": served["backend"], "dtype": served["dtype"]}
                 store_dir = prepare_store_dir(self.layout.eval_dir, meta, say=log.info)
-                cached = CachedEngine(engine, store_dir, flush_every=self.data.flush_every, shard=shard.name)
-            try:
+            with through_store(engine, store_dir, self.data.flush_every, shard.name) as cached:
                 result = evaluate_questions(cached, questions, max_tokens=self.max_tokens, progress=f"eval {name}",
-                                            shard=shard, parts=parts, wait_minutes=self.wait_minutes,
-                                            failures=self.layout.failures, since=start_wall)
-                store = cached.stats() if cached is not None else {}
-            finally:
-                if cached is not None:
-                    cached.store.close()
-            if not shard.is_first:  # rank 0 waited for every part to merge them; the others leave with it
-                wait_for_files([parts(r) for r in range(shard.world)], f"eval {name}", self.wait_minutes,
-                               failures=self.layout.failures, since=start_wall)
+                                            job=job, since=start_wall)
+            store = cached.stats() if cached is not None else {}
         if result is None:
             return None
         seconds = time.perf_counter() - start

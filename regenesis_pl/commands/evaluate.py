@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import time
 
-from regenesis_pl.data.cached_engine import CachedEngine
+from regenesis_pl.data.cached_engine import through_store
 from regenesis_pl.data.store import prepare_store_dir
 from regenesis_pl.engines.factory import EngineConfig, build_engine
 from regenesis_pl.evaluation import EvalResult, evaluate_questions, write_eval_report
 from regenesis_pl.hashing import digest
 from regenesis_pl.layout import RunLayout
-from regenesis_pl.sharding import clear_failed, local_device, process_shard
+from regenesis_pl.sharding import ShardedJob, local_device, process_shard
 from regenesis_pl.tasks.registry import TaskConfig, load_questions
 
 
@@ -56,23 +56,17 @@ def run_evaluation(
         store_dir = prepare_store_dir(run_dir, {"command": "evaluate", "model": model, "adapter": adapter,
                                                 "weights_id": gen.weights_id, "engine": engine_cfg.backend,
                                                 "dtype": engine_cfg.dtype})
-        cached = CachedEngine(gen, store_dir, flush_every=flush_every, shard=shard.name)
-    except BaseException:
-        gen.close()
-        raise
-    tag = digest([gen.weights_id, engine_cfg.backend, engine_cfg.dtype, max_tokens, [q.to_dict() for q in questions],
-                  shard.world], 12)
-    started = time.time()
-    clear_failed(layout.failures, shard.rank)
-    try:
+        tag = digest([gen.weights_id, engine_cfg.backend, engine_cfg.dtype, max_tokens,
+                      [q.to_dict() for q in questions], shard.world], 12)
+        job = ShardedJob(shard, part=lambda rank: layout.evaluation_shard("evaluate", tag, rank), what="evaluate",
+                         failures=layout.failures)
         start = time.perf_counter()
-        result = evaluate_questions(cached, questions, max_tokens=max_tokens, progress="evaluate", shard=shard,
-                                    parts=lambda rank: layout.evaluation_shard("evaluate", tag, rank),
-                                    failures=layout.failures if shard.world > 1 else None, since=started)
+        with through_store(gen, store_dir, flush_every, shard.name) as cached:
+            result = evaluate_questions(cached, questions, max_tokens=max_tokens, progress="evaluate", job=job)
         seconds = time.perf_counter() - start
         store = cached.stats()
     finally:
-        cached.close()  # the store, then the engine
+        gen.close()
     if result is None:
         print(f"evaluate: rank {shard.rank} answered its share; rank 0 writes the report")
         return None

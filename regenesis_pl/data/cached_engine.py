@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from regenesis_pl.chat import render_prompt
@@ -19,6 +20,21 @@ from regenesis_pl.data.store import GenerationStore, request_key
 from regenesis_pl.engines.base import Conversation, Engine, FollowUp, Request, RequestOutput, SamplingConfig
 from regenesis_pl.engines.streaming import collect, stream
 from regenesis_pl.hashing import resolve_request_seeds
+
+
+@contextmanager
+def through_store(engine: Engine | None, store_dir: str | os.PathLike, flush_every: int | None = None,
+                  shard: str = "") -> Iterator[CachedEngine | None]:
+    """``engine`` answering through the store in ``store_dir`` (this rank's file) for the block: the store is
+    closed after it, the engine stays open (its owner closes it). None for a rank without an engine."""
+    if engine is None:
+        yield None
+        return
+    cached = CachedEngine(engine, store_dir, flush_every=flush_every, shard=shard)
+    try:
+        yield cached
+    finally:
+        cached.store.close()
 
 
 class CachedEngine:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from regenesis_pl.atomic import read_json, write_json, write_jsonl, write_text
-from regenesis_pl.data.cached_engine import CachedEngine
+from regenesis_pl.data.cached_engine import through_store
 from regenesis_pl.data.sft_records import load_candidates, sft_records
 from regenesis_pl.data.store import prepare_store_dir
 from regenesis_pl.engines.base import Engine
@@ -37,7 +37,7 @@ from regenesis_pl.method.synthesis import (
     merge_shards,
     synthesize_round,
 )
-from regenesis_pl.sharding import DEFAULT_WAIT_MINUTES, Shard, clear_failed, mark_failed, wait_for_files
+from regenesis_pl.sharding import DEFAULT_WAIT_MINUTES, Shard, ShardedJob
 from regenesis_pl.tasks.types import Question
 
 # SynthesisConfig fields that never change what is generated: which generated paths are kept, and how the
@@ -132,28 +132,21 @@ def synthesize_to_store(engine: Engine | None, questions: list[Question], synthe
     served = served if served is not None else served_by(engine)
     meta = synthesis_meta(questions, synthesis, round, model, served)
     tag = digest([meta, asdict(synthesis), [q.to_dict() for q in questions], shard.world, run_token], 12)
-    part_path = layout.round_shard(round, tag, shard.rank)
-    merged_path = layout.round_merged(round, tag)
     since = time.time()
     layout.create()  # a run directory that cannot exist fails here, in one line
-    clear_failed(layout.failures, shard.rank)
-    try:
+    job = ShardedJob(shard, part=lambda rank: layout.round_shard(round, tag, rank), what=f"round {round} synthesis",
+                     failures=layout.failures, wait_minutes=wait_minutes, done=layout.round_merged(round, tag),
+                     say=say)
+
+    def work(mine: list[Question]) -> dict:
         store_dir = prepare_store_dir(layout.round_dir(round), meta, say=say)
-        _write_part(part_path, *_synthesize_part(engine, shard.take(questions), synthesis, round, store_dir,
-                                                 flush_every, shard.name))
-        if shard.is_first:
-            parts = [layout.round_shard(round, tag, r) for r in range(shard.world)]
-            wait_for_files(parts, f"round {round} synthesis", wait_minutes, say=say, failures=layout.failures,
-                           since=since)
-            result = _write_round(layout, round, questions, synthesis, meta, parts, merged_path, adapter)
-        else:
-            wait_for_files([merged_path], f"round {round} merge", wait_minutes, say=say, failures=layout.failures,
-                           since=since)
-    except Exception as err:
-        if shard.world > 1:
-            mark_failed(layout.failures, shard.rank, err)
-        raise
-    if not shard.is_first:  # rank 0 holds the merged round; the others read what it wrote
+        return _synthesize_part(engine, mine, synthesis, round, store_dir, flush_every, shard.name)
+
+    def merge(parts: list[dict]) -> RoundResult:
+        return _write_round(layout, round, questions, synthesis, meta, parts, layout.round_merged(round, tag), adapter)
+
+    result = job.run(questions, work, merge, since=since)
+    if result is None:  # rank 0 holds the merged round; the others read what it wrote
         result = _read_round(layout, round)
     if not result.kept:
         message = empty_round_message(result.stats)
@@ -164,35 +157,26 @@ def synthesize_to_store(engine: Engine | None, questions: list[Question], synthe
     return result
 
 
-def _synthesize_part(engine, mine, synthesis, round, store_dir, flush_every, shard_name):
-    """This rank's questions through its store file: the part's result, store counters and seconds."""
-    cached = CachedEngine(engine, store_dir, flush_every=flush_every, shard=shard_name) if engine else None
+def _synthesize_part(engine, mine, synthesis, k, store_dir, flush_every, shard_name) -> dict:
+    """This rank's questions of round k through its store file: its part of the round (see ``_write_round``)."""
     start = time.perf_counter()
-    try:
-        result = synthesize_round(cached, mine, synthesis, round=round) if mine else None
-    finally:
-        if cached is not None:
-            cached.store.close()
+    with through_store(engine, store_dir, flush_every, shard_name) as cached:
+        result = synthesize_round(cached, mine, synthesis, round=k) if mine else None
     store = cached.stats() if cached is not None else {"hits": 0, "misses": 0, "generated_tokens": 0}
-    return result, store, time.perf_counter() - start
-
-
-def _write_part(path: Path, result: RoundResult | None, store: dict, seconds: float) -> None:
-    write_json(path, {
+    return {
         "candidates": [c.to_dict() for c in result.candidates] if result else [],
         "ledger": result.ledger.to_dict() if result else {},
         "hint_questions": result.hint_questions if result else [],
         "skipped": result.skipped if result else {},
-        "store": store, "seconds": round(seconds, 3),
-    })
+        "store": store, "seconds": round(time.perf_counter() - start, 3),
+    }
 
 
-def _write_round(layout: RunLayout, k: int, questions, synthesis, meta, part_paths, merged_path,
+def _write_round(layout: RunLayout, k: int, questions, synthesis, meta, raw_parts: list[dict], merged_path,
                  adapter) -> RoundResult:
     """Rank 0: merge the parts by question id, write the round's files (``merged.json`` last), return it."""
     parts, stores, seconds = [], [], []
-    for path in part_paths:
-        raw = read_json(path, "synthesis part")
+    for raw in raw_parts:
         candidates = [Candidate.from_dict(c) for c in raw["candidates"]]
         parts.append(RoundResult(candidates=candidates, kept=[c for c in candidates if c.kept], stats={},
                                  ledger=TokenLedger.from_dict(raw["ledger"]), hint_questions=raw["hint_questions"],
@@ -204,7 +188,7 @@ def _write_round(layout: RunLayout, k: int, questions, synthesis, meta, part_pat
     stats = result.stats
     stats["store"] = store
     stats["speed"] = _speed(result, store, max(seconds))  # ranks run side by side: the slowest one's time
-    stats["shards"] = {"processes": len(part_paths), "seconds": seconds}
+    stats["shards"] = {"processes": len(raw_parts), "seconds": seconds}
     stats["files"] = {"candidates": str(layout.candidates(k)), "kept": str(layout.kept(k)),
                       "summary": str(layout.summary(k)), "store": store.get("store")}
     stats["meta"] = meta
@@ -213,7 +197,7 @@ def _write_round(layout: RunLayout, k: int, questions, synthesis, meta, part_pat
     write_jsonl(layout.kept(k), sft_records(result.kept, questions))
     write_json(layout.summary(k), stats)
     write_text(layout.summary(k, ".md"), summary_markdown(stats))
-    write_json(merged_path, {"round": k, "kept": len(result.kept), "processes": len(part_paths)})
+    write_json(merged_path, {"round": k, "kept": len(result.kept), "processes": len(raw_parts)})
     return result
 
 

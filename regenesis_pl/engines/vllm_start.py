@@ -126,7 +126,7 @@ def distributed_state_kept(keep: bool):
     if not keep:
         yield
         return
-    import vllm.v1.engine.core as core
+    from vllm.v1.engine import core
 
     cleanup = core.cleanup_dist_env_and_memory
     core.cleanup_dist_env_and_memory = lambda *args, **kwargs: None
