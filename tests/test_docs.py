@@ -35,3 +35,38 @@ def test_every_local_link_of_the_readme_and_docs_resolves():
     # every page in docs/ is reachable from the README
     linked = {(ROOT / link).resolve() for link in readme_links}
     assert not [p.name for p in pages[1:] if p.resolve() not in linked], "docs/ pages the README does not link"
+
+
+def _defined(path: Path, name: str) -> bool:
+    """Whether ``name`` ("f", "Class" or "Class.method") is defined at the top of ``path`` (read, not imported)."""
+    import ast
+
+    scope = ast.parse(path.read_text()).body
+    for part in name.split("."):
+        found = [n for n in scope if isinstance(n, (ast.ClassDef, ast.FunctionDef)) and n.name == part]
+        if not found:
+            return False
+        scope = found[0].body
+    return True
+
+
+def test_the_round_walk_in_architecture_names_files_and_calls_that_exist():
+    """docs/architecture.md follows one round through at most five files; every file and call it names (hop
+    files and their calls, helper files and theirs) is still there."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    rows = [line for line in text.splitlines() if re.match(r"\| \d \| `", line)]
+    assert 1 <= len(rows) <= 5, rows
+    checked = 0
+    for row in rows:
+        _, hop, file, call, _what, helpers, _ = (cell.strip() for cell in row.split("|"))
+        pairs = [(file.strip("`"), [call.strip("`")])]
+        for helper in helpers.split(";"):  # "`path.py`: `name`, `name`"
+            path, _, names = helper.partition(":")
+            pairs.append((path.strip().strip("`"), re.findall(r"`([\w.]+)`", names)))
+        for path, names in pairs:
+            source = ROOT / "regenesis_pl" / path
+            assert source.is_file(), f"hop {hop}: {path} is gone"
+            for name in names:
+                assert _defined(source, name), f"hop {hop}: {path} no longer defines {name}"
+                checked += 1
+    assert checked >= 15, checked
