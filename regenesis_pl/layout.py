@@ -23,6 +23,7 @@
       export/round-<k>[-merged]/  each round's weights as a Hugging Face folder; export/best.json
       failed/rank-<r>             why rank r stopped (the others stop waiting for its files)
       checkpoints/, logs/, engine_timings.json, report.md, plots/
+      .in-use                     locked by the running job's first process (its id inside; see run_lock.py)
 
 ``regenesis evaluate`` writes ``eval.json``, ``eval.md`` and ``eval_records.jsonl`` at the top of its run
 directory, beside its store. Rounds are 0-based and always spelled ``round-<k>``.
@@ -163,6 +164,11 @@ class RunLayout:
     @property
     def best_export(self) -> Path:
         return self.root / "export" / "best.json"
+
+    @property
+    def in_use(self) -> Path:
+        """Locked while a job runs here (the kernel drops the lock when that process ends, even when killed)."""
+        return self.root / ".in-use"
 
     @property
     def timings(self) -> Path:

@@ -46,6 +46,7 @@ from regenesis_pl.data.datamodule import ReGenesisDataModule
 from regenesis_pl.engines.factory import EngineConfig
 from regenesis_pl.layout import RunLayout
 from regenesis_pl.model.module import SFTModule
+from regenesis_pl.run_lock import claimed
 
 TRAINER_DEFAULTS = {"num_sanity_val_steps": 0, "log_every_n_steps": 1, "reload_dataloaders_every_n_epochs": 1}
 CHECKPOINT_DEFAULTS = {"checkpoint.save_last": True, "checkpoint.save_on_train_epoch_end": True,
@@ -101,6 +102,12 @@ class ReGenesisCLI(LightningCLI):
             parser.link_arguments("data.run_dir", target)
         parser.link_arguments("data.run_dir", "checkpoint.dirpath", compute_fn=_checkpoint_dir)
 
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        # Every class is built by now but nothing heavy (the engines start in setup, the model in configure_model):
+        # a run directory another job holds is refused here in one line, and held until the subcommand ends.
+        with claimed(self._get(self.config_init, "data").run_dir):
+            super()._run_subcommand(subcommand)
 
     def before_fit(self) -> None:
         """``--ckpt_path last`` before any checkpoint exists starts fresh: say so in one line (Lightning's own

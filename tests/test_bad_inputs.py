@@ -83,6 +83,25 @@ def fit_with(edit: Callable[[dict], None], *extra: str) -> Callable[[Path], str]
     return run
 
 
+def held_by_another_job(action: Callable[[Path], str]) -> Callable[[Path], str]:
+    """Run ``action`` while a separate process (another running job) holds ``{tmp}/run``."""
+    def run(tmp: Path) -> str:
+        import subprocess
+
+        hold = ("import sys, time\nfrom regenesis_pl.run_lock import claimed\n"
+                "with claimed(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(120)\n")
+        holder = subprocess.Popen([sys.executable, "-c", hold, str(tmp / "run")], stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout.readline().strip() == "held", "the holding process did not take the run directory"
+            message = action(tmp)
+        finally:
+            holder.kill()
+            holder.wait()
+        assert f"(process {holder.pid})" in message, message  # the refusal names the job that holds it
+        return message
+    return run
+
+
 # ------------------------------------------------------------------------------------------ the cases
 def _store_warning(tmp: Path) -> tuple[str, int, int]:
     """Open the store under ``tmp`` and return the one warning it logged, its skip counter and what it indexed."""
@@ -293,6 +312,12 @@ CASES = [
          "cannot write (No space left on device); free space", raises(_disk_full)),
     Case("run-dir-unusable", "regenesis synthesize --run_dir D", "a run directory that cannot be created",
          "cannot be created", cli("synthesize", "--task", "{name: arithmetic}", "--run_dir", "{tmp}/file.txt/run")),
+    Case("run-dir-in-use", "regenesis synthesize --run_dir D", "a run directory another running job is writing",
+         "is in use by another running job",
+         held_by_another_job(cli("synthesize", "--task", "{name: arithmetic}", "--run_dir", "{tmp}/run"))),
+    Case("fit-run-dir-in-use", "regenesis fit --data.run_dir D",
+         "a fit on a run directory another running job holds (refused before the model or an engine is built)",
+         "is in use by another running job", held_by_another_job(fit_with(lambda raw: None))),
     Case("corrupt-round-marker", "regenesis fit --ckpt_path last (round read back)", "a corrupt round marker",
          "is not valid JSON", raises(lambda tmp: _read_json(write(tmp, "round-0/fit_round.json", "{cut"), "round marker"))),
     Case("corrupt-candidates", "regenesis synthesize / report (round read back)", "a corrupt candidates.jsonl",

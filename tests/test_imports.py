@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "regenesis_pl"
 # Lower layers never import higher ones. Within a layer, the graph must still be acyclic.
 LAYERS = [
     # 0: foundations: files, names, hashes, round arithmetic, sharding, the embedded model's source, the console
-    {"paths", "hashing", "atomic", "layout", "rounds", "sharding", "embedded_model", "model_source", "console"},
+    {"paths", "hashing", "atomic", "layout", "run_lock", "rounds", "sharding", "embedded_model", "model_source", "console"},
     # 1: tasks, prompts, engines and the method (pure functions over typed records)
     {"tasks", "chat", "engines", "method"},
     # 2: data and model

@@ -10,6 +10,7 @@ from regenesis_pl.engines.factory import EngineConfig, build_engine
 from regenesis_pl.evaluation import EvalResult, evaluate_questions, write_eval_report
 from regenesis_pl.hashing import digest
 from regenesis_pl.layout import RunLayout
+from regenesis_pl.run_lock import claimed
 from regenesis_pl.sharding import ShardedJob, local_device, process_shard
 from regenesis_pl.tasks.registry import TaskConfig, load_questions
 
@@ -50,23 +51,23 @@ def run_evaluation(
     engine_cfg = engine or EngineConfig()
     shard = process_shard()
     layout = RunLayout(run_dir)
-    layout.create()  # a run directory that cannot exist fails now, in one line, not after the engine start
-    gen = build_engine(engine_cfg, model, adapter, device=local_device())
-    try:
-        store_dir = prepare_store_dir(run_dir, {"command": "evaluate", "model": model, "adapter": adapter,
-                                                "weights_id": gen.weights_id, "engine": engine_cfg.backend,
-                                                "dtype": engine_cfg.dtype})
-        tag = digest([gen.weights_id, engine_cfg.backend, engine_cfg.dtype, max_tokens,
-                      [q.to_dict() for q in questions], shard.world], 12)
-        job = ShardedJob(shard, part=lambda rank: layout.evaluation_shard("evaluate", tag, rank), what="evaluate",
-                         failures=layout.failures)
-        start = time.perf_counter()
-        with through_store(gen, store_dir, flush_every, shard.name) as cached:
-            result = evaluate_questions(cached, questions, max_tokens=max_tokens, progress="evaluate", job=job)
-        seconds = time.perf_counter() - start
-        store = cached.stats()
-    finally:
-        gen.close()
+    with claimed(run_dir):  # a directory another job is writing is refused in one line, before the engine starts
+        gen = build_engine(engine_cfg, model, adapter, device=local_device())
+        try:
+            store_dir = prepare_store_dir(run_dir, {"command": "evaluate", "model": model, "adapter": adapter,
+                                                    "weights_id": gen.weights_id, "engine": engine_cfg.backend,
+                                                    "dtype": engine_cfg.dtype})
+            tag = digest([gen.weights_id, engine_cfg.backend, engine_cfg.dtype, max_tokens,
+                          [q.to_dict() for q in questions], shard.world], 12)
+            job = ShardedJob(shard, part=lambda rank: layout.evaluation_shard("evaluate", tag, rank), what="evaluate",
+                             failures=layout.failures)
+            start = time.perf_counter()
+            with through_store(gen, store_dir, flush_every, shard.name) as cached:
+                result = evaluate_questions(cached, questions, max_tokens=max_tokens, progress="evaluate", job=job)
+            seconds = time.perf_counter() - start
+            store = cached.stats()
+        finally:
+            gen.close()
     if result is None:
         print(f"evaluate: rank {shard.rank} answered its share; rank 0 writes the report")
         return None

@@ -9,6 +9,7 @@ from typing import Any
 
 from regenesis_pl.atomic import read_json, write_text
 from regenesis_pl.layout import StudyLayout
+from regenesis_pl.run_lock import claimed
 from regenesis_pl.study.plan import Arm, PlannedRun, base_evaluation, plan_runs, study_seeds, task_groups
 from regenesis_pl.study.report import summarize, write_study_report
 from regenesis_pl.study.results import last_round_evaluation, read_base, read_fit
@@ -73,14 +74,15 @@ def run_study(
                        publish)
 
     data = None  # the report after the last run that ran now (a run read back changes nothing)
-    if not report_only:
-        total = len(runs) + (base_arm is not None)
-        if base_arm is not None:
-            run_base_evaluation(layout.base, base_options, f"base model evaluation (1/{total})")
-        for i, run in enumerate(runs, start=1 + (base_arm is not None)):
-            if run_fit(run.run_dir, run.config, f"{run.arm} seed {run.seed} ({i}/{total})"):
-                _log_result(run)
-                data = report()
+    if not report_only:  # --report_only reads finished runs, so it may run beside the study that makes them
+        with claimed(study_dir, "study directory"):  # a second study on the same directory is refused in one line
+            total = len(runs) + (base_arm is not None)
+            if base_arm is not None:
+                run_base_evaluation(layout.base, base_options, f"base model evaluation (1/{total})")
+            for i, run in enumerate(runs, start=1 + (base_arm is not None)):
+                if run_fit(run.run_dir, run.config, f"{run.arm} seed {run.seed} ({i}/{total})"):
+                    _log_result(run)
+                    data = report()
     return data if data is not None else report()
 
 

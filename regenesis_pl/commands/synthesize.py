@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from regenesis_pl.data.round_files import summary_markdown, synthesize_to_store
 from regenesis_pl.engines.factory import EngineConfig, build_engine
-from regenesis_pl.layout import RunLayout
 from regenesis_pl.method.synthesis import SynthesisConfig
+from regenesis_pl.run_lock import claimed
 from regenesis_pl.sharding import local_device, process_shard
 from regenesis_pl.tasks.registry import TaskConfig, load_questions
 
@@ -52,18 +52,18 @@ def run_synthesis(
     questions = load_questions(task)
     if not questions:
         raise ValueError(f"synthesize: task {task.name!r} gave no questions; check name, split and limit")
-    RunLayout(run_dir).create()  # a run directory that cannot exist fails now, in one line, not after the engine start
     shard = process_shard()
-    gen = None
-    if synthesis.method != "gt":
-        gen = build_engine(engine or EngineConfig(), model, adapter, device=local_device())
-    try:
-        result = synthesize_to_store(gen, questions, synthesis, round=round, run_dir=run_dir,
-                                     flush_every=flush_every, require_kept=require_kept, model=model,
-                                     adapter=adapter, shard=shard)
-    finally:
-        if gen is not None:
-            gen.close()
+    with claimed(run_dir):  # a directory another job is writing is refused in one line, before the engine starts
+        gen = None
+        if synthesis.method != "gt":
+            gen = build_engine(engine or EngineConfig(), model, adapter, device=local_device())
+        try:
+            result = synthesize_to_store(gen, questions, synthesis, round=round, run_dir=run_dir,
+                                         flush_every=flush_every, require_kept=require_kept, model=model,
+                                         adapter=adapter, shard=shard)
+        finally:
+            if gen is not None:
+                gen.close()
     stats = result.stats
     if not shard.is_first:
         return stats

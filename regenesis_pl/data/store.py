@@ -29,6 +29,7 @@ from regenesis_pl.engines.base import (
 )
 from regenesis_pl.hashing import config_differences, digest
 from regenesis_pl.layout import make_dir
+from regenesis_pl.run_lock import lock_exclusive
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,8 @@ class GenerationStore:
         self._writer = open(self.path, "ab")  # noqa: SIM115 - kept open for the store's lifetime
         self._readers: dict[Path, Any] = {}
         try:
-            _lock(self._writer, self.path)
+            lock_exclusive(self._writer, f"store {self.path} is in use by another running job (or another open "
+                                         "store in this process); wait for it to finish or use another run directory")
             self._size = self._load(self.path, own=True)
             for other in sorted(self.dir.glob("generations*.jsonl")):
                 if other != self.path:
@@ -170,18 +172,6 @@ class GenerationStore:
         for f in (self._writer, *self._readers.values()):
             if not f.closed:
                 f.close()
-
-
-def _lock(handle, path: Path) -> None:
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no advisory lock, single writer by convention
-        return
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise BlockingIOError(f"store {path} is in use by another running job (or another open store in this "
-                              "process); wait for it to finish or use another run directory") from None
 
 
 # -- run directories ------------------------------------------------------------------------------------
