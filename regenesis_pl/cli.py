@@ -14,7 +14,9 @@ parameters), so a YAML config is checked against the live code: unknown keys are
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+from pathlib import Path
 
 from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter
 
@@ -145,6 +147,23 @@ def check_config_files(argv: list[str]) -> None:
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
             problem = getattr(err, "problem", None) or str(err).splitlines()[0]
             _bad_input(f"regenesis: {path}: YAML syntax error{where}: {problem}; fix the file")
+    for i, path in enumerate(paths):
+        needed = _configs_before(path)
+        given = [Path(p).name for p in paths[:i]]
+        if needed and given[-len(needed):] != [Path(n).name for n in needed]:
+            _bad_input(f"regenesis: {path} is an overlay (its first line says how it runs); give "
+                       f"{' '.join('--config ' + n for n in needed)} before --config {path}")
+
+
+def _configs_before(path: str) -> list[str]:
+    """The config files a YAML's first line (``# regenesis <command> --config A --config B ...``) names before
+    the file itself: an overlay names its base there."""
+    with open(path, encoding="utf-8") as fh:
+        first = fh.readline()
+    named = re.findall(r"--config\s+(\S+)", first.split("(")[0]) if first.startswith("#") else []
+    names = [Path(n).name for n in named]
+    own = Path(path).name
+    return named[:names.index(own)] if own in names else []
 
 
 def _bad_input(message: str) -> None:

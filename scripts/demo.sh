@@ -6,5 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/prepare.sh
 export VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-2}"
-"${REGENESIS_VENV:-.venv}/bin/regenesis" fit --config configs/demo_cpu.yaml "$@"
+"${REGENESIS_VENV:-.venv}/bin/regenesis" fit --config configs/base_cpu.yaml --config configs/demo_cpu.yaml "$@"
 echo "demo: the report is report.md in the run directory (runs/demo_cpu unless --data.run_dir says otherwise)"

@@ -240,6 +240,8 @@ CASES = [
          "YAML syntax error at line 2, column 1", cli("fit", "--config", "{tmp}/broken.yaml")),
     Case("config-missing", "regenesis evaluate --config F", "a config file that does not exist",
          "not found; check the path", cli("evaluate", "--config", "{tmp}/nope.yaml")),
+    Case("config-overlay-alone", "regenesis fit --config configs/demo_cpu.yaml", "an overlay given without its base",
+         "give --config configs/base_cpu.yaml before --config", cli("fit", "--config", str(ROOT / "configs" / "demo_cpu.yaml"))),
     Case("fit-unknown-key", "regenesis fit --config F", "a misspelled key (data.epochs_per_rnd)",
          "does not accept option 'data.epochs_per_rnd'", fit_with(lambda raw: raw["data"].update(epochs_per_rnd=2))),
     Case("fit-bad-type", "regenesis fit --config F", "a value of the wrong type (data.rounds: two)",

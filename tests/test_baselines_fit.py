@@ -40,7 +40,8 @@ def test_generating_baseline_trains_and_evaluates(method, tiny_study):
 
 def test_gt_baseline_trains_as_qlora_and_evaluates(tmp_path):
     run = tmp_path / "run"
-    command = [sys.executable, "-m", "regenesis_pl.cli", "fit", "--config", str(ROOT / "configs" / "gt_cpu.yaml"),
+    command = [sys.executable, "-m", "regenesis_pl.cli", "fit", "--config", str(ROOT / "configs" / "base_cpu.yaml"),
+               "--config", str(ROOT / "configs" / "gt_cpu.yaml"),
                f"--data.run_dir={run}", *GT_FIT]
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=840, check=False)

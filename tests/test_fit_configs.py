@@ -16,7 +16,8 @@ import yaml
 
 from regenesis_pl.lightning_cli import check_fit_config
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 SUBCOMMAND_PREFIXES = {"eval_": "evaluate", "synth_": "synthesize", "study_": "study"}
 
 
@@ -28,21 +29,34 @@ def command_of(path: Path) -> str:
 def test_configs_exist():
     names = {p.name for p in CONFIGS}
     for required in ("smoke_cpu.yaml", "demo_cpu.yaml", "mistral7b_qlora_1gpu.yaml", "mistral7b_qlora_24gb.yaml",
-                     "llama3_8b_full_fsdp.yaml",
+                     "llama3_8b_full_fsdp.yaml", "base_cpu.yaml",
                      "star_cpu.yaml", "lmsi_cpu.yaml", "gt_cpu.yaml"):
         assert required in names
 
 
+def command_line(path: Path) -> list[str]:
+    """The command a config's first line gives (``# regenesis <command> --config A [--config B] ...``), as
+    arguments after ``regenesis``, with the configs' paths resolved from the checkout."""
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("#") and "regenesis " in first, f"{path.name}: the first line must say how it runs"
+    args = first.split("regenesis ", 1)[1].split("(")[0].split()
+    args = [str(ROOT / a) if a.startswith("configs/") else a for a in args]
+    assert str(path) in args, f"{path.name}: its first line must run it, not another file"
+    placeholder = next((i for i, arg in enumerate(args) if arg.startswith("<")), None)  # `--model <your model>`
+    return args if placeholder is None else args[:placeholder - 1]
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_config_parses_against_live_classes(path):
-    command = command_of(path)
+    args = command_line(path)
+    command = args[0]
+    assert command == command_of(path), f"{path.name}: runs `regenesis {command}`, but its name says otherwise"
     if command == "fit":
-        cfg = check_fit_config(["--config", str(path)])
-        raw = yaml.safe_load(path.read_text())
+        cfg = check_fit_config(args[1:])
         # the round bookkeeping and the run directory are said once and linked everywhere
         assert cfg.trainer.max_epochs == cfg.data.rounds * cfg.data.epochs_per_round
         assert cfg.trainer.reload_dataloaders_every_n_epochs == 1  # the DataModule maps epochs to rounds
-        assert cfg.generation.model == cfg.model.model == raw["model"]["model"]
+        assert cfg.generation.model == cfg.model.model
         for section in ("generation", "evaluation", "export"):
             assert cfg[section].run_dir == cfg.data.run_dir
         assert cfg.checkpoint.dirpath == f"{cfg.data.run_dir}/checkpoints"
@@ -51,13 +65,28 @@ def test_config_parses_against_live_classes(path):
         from regenesis_pl.cli import build_parser
 
         parser = build_parser()
-        cfg = parser.parse_args([command, "--config", str(path)])
+        cfg = parser.parse_args(args)
         assert cfg.command == command
         if command == "study":
             from regenesis_pl.lightning_cli import check_study
 
             study = parser.instantiate(cfg).study
             check_study(study.fit, study.arms, study.seeds, study.study_dir)  # every arm's fit configuration
+
+
+def test_overlays_are_short_and_the_shared_cpu_settings_live_once():
+    """Each CPU fit overlay keeps only what its method changes: no section repeats base_cpu.yaml's values."""
+    base = yaml.safe_load((ROOT / "configs" / "base_cpu.yaml").read_text())
+    overlays = [p for p in CONFIGS if command_line(p)[1:3] == ["--config", str(ROOT / "configs" / "base_cpu.yaml")]
+                and p.name != "base_cpu.yaml"]
+    assert {p.name for p in overlays} >= {"demo_cpu.yaml", "star_cpu.yaml", "lmsi_cpu.yaml", "gt_cpu.yaml"}
+    for path in overlays:
+        raw = yaml.safe_load(path.read_text())
+        for section, values in raw.items():
+            if isinstance(values, dict) and isinstance(base.get(section), dict):
+                same = {k for k, v in values.items() if base[section].get(k) == v}
+                assert not same, f"{path.name}: {section}.{sorted(same)} repeat base_cpu.yaml"
+        assert len(path.read_text().splitlines()) < 30, f"{path.name} is no longer a short overlay"
 
 
 def _smoke_with(tmp_path, edit) -> Path:

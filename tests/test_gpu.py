@@ -211,7 +211,8 @@ def test_loop_on_one_gpu_with_the_transformers_engine(mode, tmp_path):
         pytest.importorskip("bitsandbytes")
     model = _random_model("tiny")
     run_dir = tmp_path / mode
-    command = [sys.executable, "-m", "regenesis_pl.cli", "fit", "--config", str(ROOT / "configs" / "gt_cpu.yaml"),
+    command = [sys.executable, "-m", "regenesis_pl.cli", "fit", "--config", str(ROOT / "configs" / "base_cpu.yaml"),
+               "--config", str(ROOT / "configs" / "gt_cpu.yaml"),
                f"--data.run_dir={run_dir}", f"--model.model={model}", f"--model.mode={mode}",
                "--data.train_task={name: arithmetic, split: train, limit: 32}",
                "--evaluation.in_domain=[{name: arithmetic, split: test, limit: 16}]", "--evaluation.ood=[]",
