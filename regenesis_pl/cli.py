@@ -20,6 +20,7 @@ from pathlib import Path
 
 from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter
 
+from regenesis_pl.config_renames import renamed_key_in_config, renamed_key_in_options
 from regenesis_pl.console import quiet_third_party, refusal_line, show_progress_messages, take_verbose_flag
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
@@ -84,8 +85,8 @@ def build_parser() -> ArgumentParser:
 def _run(cfg) -> int:
     from regenesis_pl.commands.evaluate import run_evaluation
     from regenesis_pl.commands.synthesize import run_synthesis
-    from regenesis_pl.data.round_files import EmptyRoundError
     from regenesis_pl.embedded_model import prepare_embedded_model
+    from regenesis_pl.round.synthesize import EmptyRoundError
     from regenesis_pl.tasks.prepare import prepare_data
 
     command = cfg.command
@@ -147,6 +148,16 @@ def check_config_files(argv: list[str]) -> None:
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
             problem = getattr(err, "problem", None) or str(err).splitlines()[0]
             _bad_input(f"regenesis: {path}: YAML syntax error{where}: {problem}; fix the file")
+    command = argv[0] if argv else ""
+    message = renamed_key_in_options(argv, command)
+    if message:
+        _bad_input(f"regenesis {command}: {message}")
+    for path in paths:
+        with open(path, encoding="utf-8") as fh:
+            raw = yaml.safe_load(fh)
+        message = renamed_key_in_config(raw, command) if isinstance(raw, dict) else None
+        if message:
+            _bad_input(f"regenesis: {path}: {message}")
     for i, path in enumerate(paths):
         needed = _configs_before(path)
         given = [Path(p).name for p in paths[:i]]

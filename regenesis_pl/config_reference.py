@@ -163,7 +163,7 @@ def render() -> str:
             "command sets itself from another key are marked linked."), ""]
     out += ["## `regenesis fit | validate | test`", "",
             ("Sections: `model` (SFTModule), `data` (ReGenesisDataModule), `generation` (EngineCallback), "
-             "`evaluation` (EvaluationCallback), `export` (ExportCallback), `rounds` (RoundDriver), `checkpoint` "
+             "`evaluation` (EvaluationCallback), `export` (ExportCallback), `round_driver` (RoundDriver), `checkpoint` "
              "(Lightning's ModelCheckpoint) and `trainer` (Lightning's Trainer)."), ""]
     out += _table(parser_rows(fit_parser(), lightning_sections=tuple(LIGHTNING)))
     commands = build_parser()._subcommands_action._name_parser_map

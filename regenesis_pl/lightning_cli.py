@@ -4,16 +4,16 @@ A fit config has these sections (every key is checked against the live class sig
 is named in LightningCLI's error):
 
     seed_everything: 0
-    model:       SFTModule          (base model, mode full|lora|qlora, optimizer settings)
-    data:        ReGenesisDataModule (training task, synthesis, rounds, epochs_per_round, run_dir, ...)
-    generation:  EngineCallback     (the engine settings under `engine:`, an EngineConfig)
-    evaluation:  EvaluationCallback (in-domain and OOD tasks, max_tokens, every_n_steps, patience)
-    export:      ExportCallback     (merged export, frozen-weights audit)
-    rounds:      RoundDriver        (the owner of each round's start and end; shard_timeout_minutes)
-    checkpoint:  ModelCheckpoint    (defaults: <run_dir>/checkpoints, last.ckpt at every epoch end)
-    trainer:     Trainer            (accelerator, precision, strategy, ...; logger default: CSV in <run_dir>/logs)
+    model:        SFTModule           (base model, mode full|lora|qlora, optimizer settings)
+    data:         ReGenesisDataModule (training task, synthesis, rounds, epochs_per_round, run_dir, ...)
+    generation:   EngineCallback      (the engine settings under `engine:`, an EngineConfig)
+    evaluation:   EvaluationCallback  (in-domain and OOD tasks, max_tokens, every_n_steps, patience)
+    export:       ExportCallback      (merged export, frozen-weights audit)
+    round_driver: RoundDriver         (the owner of each round's start and end; shard_timeout_minutes)
+    checkpoint:   ModelCheckpoint     (defaults: <run_dir>/checkpoints, last.ckpt at every epoch end)
+    trainer:      Trainer             (accelerator, precision, strategy, ...; logger default: CSV in <run_dir>/logs)
 
-Said once, linked everywhere: ``trainer.max_epochs = data.rounds * data.epochs_per_round``, ``model.model``
+Said once, linked everywhere: ``trainer.max_epochs = data.rounds * data.epochs_per_round``, ``model.base_model``
 is the model the engines serve, and ``data.run_dir`` is the run directory of every callback, the checkpoints and the logs.
 The CLI then connects the callbacks to each other and to the DataModule (``RoundDriver.connect``).
 
@@ -40,7 +40,8 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from regenesis_pl.callbacks.engine import EngineCallback
 from regenesis_pl.callbacks.evaluation import EvaluationCallback
 from regenesis_pl.callbacks.export import ExportCallback
-from regenesis_pl.callbacks.rounds import RoundDriver
+from regenesis_pl.callbacks.round_driver import RoundDriver
+from regenesis_pl.config_renames import renamed_key_in_config, renamed_key_in_options
 from regenesis_pl.console import quiet_third_party, refusal_line, show_progress_messages, verbose
 from regenesis_pl.data.datamodule import ReGenesisDataModule
 from regenesis_pl.engines.factory import EngineConfig
@@ -62,7 +63,7 @@ def _checkpoint_dir(run_dir: str) -> str:
 
 
 # Keys computed from others (jsonargparse would silently replace a value a config file gives them).
-LINKED = {"trainer.max_epochs": "data.rounds x data.epochs_per_round", "generation.model": "model.model",
+LINKED = {"trainer.max_epochs": "data.rounds x data.epochs_per_round", "generation.model": "model.base_model",
           "generation.run_dir": "data.run_dir", "evaluation.run_dir": "data.run_dir",
           "export.run_dir": "data.run_dir", "trainer.default_root_dir": "data.run_dir",
           "checkpoint.dirpath": "data.run_dir"}
@@ -92,12 +93,12 @@ class ReGenesisCLI(LightningCLI):
         parser.add_lightning_class_args(EvaluationCallback, "evaluation")
         parser.add_lightning_class_args(ExportCallback, "export")
         parser.add_lightning_class_args(EngineCallback, "generation")
-        parser.add_lightning_class_args(RoundDriver, "rounds")
+        parser.add_lightning_class_args(RoundDriver, "round_driver")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(CHECKPOINT_DEFAULTS)
         parser.link_arguments(("data.rounds", "data.epochs_per_round"), "trainer.max_epochs",
                               compute_fn=_max_epochs)
-        parser.link_arguments("model.model", "generation.model")
+        parser.link_arguments("model.base_model", "generation.model")
         for target in ("generation.run_dir", "evaluation.run_dir", "export.run_dir", "trainer.default_root_dir"):
             parser.link_arguments("data.run_dir", target)
         parser.link_arguments("data.run_dir", "checkpoint.dirpath", compute_fn=_checkpoint_dir)
@@ -135,7 +136,7 @@ class ReGenesisCLI(LightningCLI):
         """The Trainer, logging to CSV files under ``<run_dir>/logs`` unless the config names a logger, with the
         loop's callbacks connected to each other and to the DataModule."""
         get = lambda key: self._get(self.config_init, key)
-        get("rounds").connect(get("generation"), self.datamodule, get("evaluation"), get("export"))
+        get("round_driver").connect(get("generation"), self.datamodule, get("evaluation"), get("export"))
         trainer_config = self._get(self.config_init, "trainer", default={}) or {}
         if trainer_config.get("logger") in (None, True) and "logger" not in kwargs:
             from lightning.pytorch.loggers import CSVLogger
@@ -155,12 +156,21 @@ def _check_checkpoint_file(path) -> None:
 
 
 def _refuse_moved_keys(args) -> None:
-    """One line for a config written before the engine settings became one schema (``generation.engine``)."""
+    """One line for a config or an option written before a key was renamed (``config_renames.py``) or before
+    the engine settings became one schema (``generation.engine``)."""
     if args is None:
         return
-    if isinstance(args, dict):
+    if isinstance(args, dict):  # a whole configuration, as a study composes one: the caller names where
+        message = renamed_key_in_config(args)
+        if message:
+            raise ValueError(message)
         return
     args = list(args)
+    command = args[0] if args and args[0] in ("fit", "validate", "test") else "fit"
+    message = renamed_key_in_options(args, command)
+    if message:
+        print(f"regenesis {command}: {message}", file=sys.stderr)
+        raise SystemExit(2)
     paths = [args[i + 1] for i, a in enumerate(args[:-1]) if a in ("--config", "-c")]
     paths += [a.partition("=")[2] for a in args if a.startswith("--config=")]
     for path in paths:
@@ -168,6 +178,10 @@ def _refuse_moved_keys(args) -> None:
             raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
         except (OSError, yaml.YAMLError):
             continue  # the parser reports a missing or broken file in its own words
+        message = renamed_key_in_config(raw) if isinstance(raw, dict) else None
+        if message:
+            print(f"regenesis: {path}: {message}", file=sys.stderr)
+            raise SystemExit(2)
         moved = sorted(set(raw.get("generation") or {}) & set(ENGINE_KEYS)) if isinstance(raw, dict) else []
         if moved:
             print(f"regenesis: {path}: generation.{moved[0]} moved to generation.engine.{moved[0]} (the engine "
@@ -233,7 +247,7 @@ def run_fit_cli(args: list[str] | None = None) -> ReGenesisCLI:
     Errors from bad input (a mismatched checkpoint, an empty round, a missing file) end the process with
     exit code 2 and one line on stderr.
     """
-    from regenesis_pl.data.round_files import EmptyRoundError
+    from regenesis_pl.round.synthesize import EmptyRoundError
 
     args = list(sys.argv[1:] if args is None else args)
     show_progress_messages()

@@ -138,7 +138,7 @@ def wait_for_files(paths: Sequence[Path], what: str, timeout_minutes: float = DE
         now = time.monotonic()
         if now > deadline:
             raise TimeoutError(f"{what}: waited {timeout_minutes:g} min for {len(missing)} file(s), e.g. {missing[0]}; "
-                               "another rank failed or is slower: check its log, or raise rounds.shard_timeout_minutes")
+                               "another rank failed or is slower: check its log, or raise round_driver.shard_timeout_minutes")
         if say is not None and now > next_note:
             say(f"{what}: waiting for {len(missing)} other rank(s) ({', '.join(p.name for p in missing[:4])})")
             next_note = now + 60

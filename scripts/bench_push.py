@@ -39,13 +39,13 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from regenesis_pl.data.round_files import synthesize_to_store
     from regenesis_pl.engines.factory import EngineConfig, build_engine
     from regenesis_pl.evaluation import answer_questions
     from regenesis_pl.method.synthesis import SynthesisConfig
     from regenesis_pl.model.merge import fold_adapter_folder
     from regenesis_pl.model_source import resolve_model
     from regenesis_pl.roofline import describe, matmul_flops, parameter_count
+    from regenesis_pl.round.synthesize import synthesize_to_store
     from regenesis_pl.tasks.registry import load_task
 
     model_dir = resolve_model(args.model)

@@ -1,9 +1,9 @@
 """Benchmark: pipelined and stage-major synthesis vs a per-question loop vs one raw engine call, side by side.
 
 Same questions, model and engine for all four:
-  (a) pipelined: the real round (``synthesize_to_store``: store, filtering) with ``schedule: pipeline``, the
+  (a) pipelined: the real round (``synthesize_to_store``: store, filtering) with ``order: pipeline``, the
       default: every question moves to its next stage as soon as its own requests are done, in one stream;
-  (s) stage-major: the same round with ``schedule: stage`` (one engine call per stage for all questions);
+  (s) stage-major: the same round with ``order: stage`` (one engine call per stage for all questions);
   (b) per-question: each question runs its stages on its own (the released scripts' design),
   (c) raw: one ``engine.generate`` over (a)'s final path prompts (an upper bound on generation speed).
 Prints paths/s and generated tokens/s of each and the ratios a/s, a/b and a/c (goals: a/b >= 3, a/c >= 0.9 in
@@ -103,12 +103,12 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from regenesis_pl.data.round_files import synthesize_to_store
     from regenesis_pl.engines.base import SamplingConfig
     from regenesis_pl.engines.factory import EngineConfig, build_engine
     from regenesis_pl.hashing import stable_seed
     from regenesis_pl.method.prompts import path_prompt
     from regenesis_pl.method.synthesis import SynthesisConfig, synthesize_round
+    from regenesis_pl.round.synthesize import synthesize_to_store
 
     questions = make_questions(args.questions)
     config = SynthesisConfig(guidelines_per_question=args.guidelines, plan_max_tokens=args.plan_max_tokens,
@@ -123,12 +123,12 @@ def main() -> None:
     rows, kept = {}, {}
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            def round_in(schedule: str):
+            def round_in(order: str):
                 def run():
-                    result = synthesize_to_store(engine, questions, replace(config, schedule=schedule),
-                                                 run_dir=f"{tmp}/{schedule}", flush_every=args.flush_every,
+                    result = synthesize_to_store(engine, questions, replace(config, order=order),
+                                                 run_dir=f"{tmp}/{order}", flush_every=args.flush_every,
                                                  say=lambda msg: None)
-                    kept[schedule] = result
+                    kept[order] = result
                     return len(result.candidates), result.stats["tokens"]["total_generated_tokens"]
                 return run
 
@@ -136,7 +136,7 @@ def main() -> None:
                 paths = tokens = 0
                 kept["b"] = []
                 for q in questions:
-                    result = synthesize_round(engine, [q], replace(config, schedule="stage"))
+                    result = synthesize_round(engine, [q], replace(config, order="stage"))
                     kept["b"] += result.candidates
                     paths += len(result.candidates)
                     tokens += result.stats["tokens"]["total_generated_tokens"]
@@ -180,20 +180,20 @@ def main() -> None:
     for row in rows.values():
         row["limit_share"] = round(limit_share(row["tokens_per_s"], params, flops), 4)
         print(f"{row['mode']:<28} {describe(row['tokens_per_s'], params, flops)}")
-    for schedule in ("pipeline", "stage"):
-        if schedule in kept:
-            print(f"{schedule}: engine prefix-cache hit rate "
-                  f"{kept[schedule].stats['speed'].get('prefix_cache_hit_rate', 0):.1%} of the prompt tokens sent")
+    for order in ("pipeline", "stage"):
+        if order in kept:
+            print(f"{order}: engine prefix-cache hit rate "
+                  f"{kept[order].stats['speed'].get('prefix_cache_hit_rate', 0):.1%} of the prompt tokens sent")
 
     def texts(cands):
         return sorted((c.question_id, c.guideline_id, c.hint, c.adapted, c.structure, c.path) for c in cands)
 
     rounds = [kept[k].candidates for k in ("pipeline", "stage") if k in kept] + ([kept["b"]] if "b" in kept else [])
     same = all(texts(r) == texts(rounds[0]) for r in rounds)
-    for schedule in ("pipeline", "stage"):
-        if schedule in kept:
-            print(f"{schedule}: kept {len(kept[schedule].kept)} of {len(kept[schedule].candidates)} paths; store "
-                  f"{kept[schedule].stats['store']['misses']} misses")
+    for order in ("pipeline", "stage"):
+        if order in kept:
+            print(f"{order}: kept {len(kept[order].kept)} of {len(kept[order].candidates)} paths; store "
+                  f"{kept[order].stats['store']['misses']} misses")
     print(f"the rounds run ({', '.join(m for m in 'asb' if m in rows)}) generated identical texts: {same}")
     if args.json:
         with open(args.json, "w") as f:

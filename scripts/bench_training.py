@@ -76,7 +76,7 @@ def run_ours(args, records, tokenizer) -> dict:
     from regenesis_pl.data.sft import LengthGroupedBatchSampler, SFTCollator, SFTDataset
     from regenesis_pl.model.module import SFTModule
 
-    module = SFTModule(model=args.model, mode="lora", lora_r=args.lora_r, lora_alpha=2 * args.lora_r,
+    module = SFTModule(base_model=args.model, mode="lora", lora_r=args.lora_r, lora_alpha=2 * args.lora_r,
                        lr=args.lr, warmup_ratio=0.0, scheduler="cosine")
     dataset = SFTDataset(records)
     collator = CountingCollator(SFTCollator(tokenizer.pad_token_id))

@@ -108,10 +108,10 @@ def _store_warning(tmp: Path) -> tuple[str, int, int]:
     import logging
     from logging.handlers import BufferingHandler
 
-    from regenesis_pl.data.store import GenerationStore
+    from regenesis_pl.round.store import GenerationStore
 
     handler = BufferingHandler(capacity=100)
-    logger = logging.getLogger("regenesis_pl.data.store")
+    logger = logging.getLogger("regenesis_pl.round.store")
     logger.addHandler(handler)
     try:
         store = GenerationStore(tmp / "store")
@@ -145,8 +145,8 @@ def _disk_full(tmp: Path) -> None:
     import errno
     import os
 
-    from regenesis_pl.data.store import GenerationStore
     from regenesis_pl.engines.base import Completion, RequestOutput
+    from regenesis_pl.round.store import GenerationStore
 
     store = GenerationStore(tmp / "store")
     real = os.fsync
@@ -176,11 +176,11 @@ def _wrong_output_count(tmp: Path) -> None:
 
 
 def _long_prompt(tmp: Path) -> None:
-    from regenesis_pl.engines.prompt_jobs import encode_conversations, load_chat_tokenizer
+    from regenesis_pl.engines.prompt_jobs import encode_prompts, load_chat_tokenizer
     from regenesis_pl.model_source import resolve_model
 
     tokenizer = load_chat_tokenizer(resolve_model("embedded"))
-    encode_conversations(tokenizer, [[{"role": "user", "content": "word " * 600}]], max_model_len=256)
+    encode_prompts(tokenizer, [[{"role": "user", "content": "word " * 600}]], max_model_len=256)
 
 
 def _no_record_fits(tmp: Path) -> None:
@@ -252,6 +252,15 @@ CASES = [
     Case("fit-flat-engine-keys", "regenesis fit --config F", "a config from before `generation.engine`",
          "generation.backend moved to generation.engine.backend",
          fit_with(lambda raw: raw.update(generation={"backend": "vllm"}))),
+    Case("fit-renamed-key", "regenesis fit --config F", "a config from before a key was renamed (model.model)",
+         "model.model is now model.base_model",
+         fit_with(lambda raw: raw["model"].update(model=raw["model"].pop("base_model")))),
+    Case("renamed-option", "regenesis synthesize --synthesis.schedule stage", "an option from before its rename",
+         "--synthesis.schedule is now --synthesis.order",
+         cli("synthesize", "--task", "{name: arithmetic}", "--synthesis.schedule", "stage")),
+    Case("study-renamed-key", "regenesis study --config F", "a study whose fit uses a renamed section (rounds:)",
+         "fit.rounds is now fit.round_driver",
+         cli("study", "--config", "{tmp}/study_old.yaml")),
     Case("fit-linked-key", "regenesis fit --config F", "a key computed from another one (trainer.max_epochs)",
          "trainer.max_epochs is computed from data.rounds x data.epochs_per_round",
          fit_with(lambda raw: raw["trainer"].update(max_epochs=7))),
@@ -346,7 +355,7 @@ def _sampling(**kwargs):
 
 
 def _cached(tmp, **kwargs):
-    from regenesis_pl.data.cached_engine import CachedEngine
+    from regenesis_pl.round.cached_engine import CachedEngine
 
     CachedEngine(object(), tmp / "store", **kwargs)
 
@@ -364,7 +373,7 @@ def _read_json(path, what):
 
 
 def _candidates(tmp):
-    from regenesis_pl.data.sft_records import load_candidates
+    from regenesis_pl.round.sft_records import load_candidates
 
     load_candidates(write(tmp, "candidates.jsonl", '{"question_id": "q", "task": \n'))
 
@@ -374,6 +383,7 @@ def _prepare(tmp: Path) -> None:
     write(tmp, "cut.ckpt", "PK\x03\x04 truncated")
     write(tmp, "bad.jsonl", '{"question": "1 + 1?", "answer": "2"}\n{"question": \n')
     write(tmp, "file.txt", "not a folder")
+    write(tmp, "study_old.yaml", "fit:\n  rounds: {shard_timeout_minutes: 5}\narms: [{name: base, train: false}]\n")
 
 
 @pytest.mark.slow  # about a minute in all: several cases parse the fit CLI or load the embedded tokenizer

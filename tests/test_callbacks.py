@@ -14,7 +14,7 @@ from regenesis_pl.callbacks.engine import EngineCallback
 from regenesis_pl.data.datamodule import ReGenesisDataModule
 from regenesis_pl.method.synthesis import SynthesisConfig
 from regenesis_pl.report import write_report
-from regenesis_pl.rounds import RoundSchedule
+from regenesis_pl.round_schedule import RoundSchedule
 from regenesis_pl.tasks.registry import TaskConfig
 
 
@@ -176,7 +176,7 @@ def test_eval_gating_ends_a_real_trainer_fit_early(tmp_path):
     from torch.utils.data import DataLoader, TensorDataset
 
     from regenesis_pl.callbacks.evaluation import EvaluationCallback
-    from regenesis_pl.callbacks.rounds import RoundDriver
+    from regenesis_pl.callbacks.round_driver import RoundDriver
 
     class Tiny(L.LightningModule):
         def __init__(self):

@@ -374,8 +374,8 @@ def test_vllm_stream_adds_follow_ups_to_the_running_batch(vllm_engine, vllm_gree
 def test_vllm_pipelined_round_and_stage_major_round_send_the_same_requests(vllm_engine, tmp_path):
     """A round pipelined on the real engine fills a store that answers the stage-major round completely: the
     same requests, so the same candidates."""
-    from regenesis_pl.data.cached_engine import CachedEngine
     from regenesis_pl.method.synthesis import SynthesisConfig, synthesize_round
+    from regenesis_pl.round.cached_engine import CachedEngine
     from regenesis_pl.tasks.types import AnswerType, Question
 
     questions = [Question(id=f"add-{i}", task="toy_add", text=f"What is {i + 3} + {2 * i + 5}?",
@@ -383,10 +383,10 @@ def test_vllm_pipelined_round_and_stage_major_round_send_the_same_requests(vllm_
     settings = {"guidelines_per_question": 2, "plan_max_tokens": 16, "max_tokens": 48, "require_boxed": False,
                     "hint_stages": ["adapt", "structure"], "seed": 3}
     results = {}
-    for schedule in ("pipeline", "stage"):
+    for order in ("pipeline", "stage"):
         cached = CachedEngine(vllm_engine, tmp_path)
-        results[schedule] = synthesize_round(cached, questions, SynthesisConfig(**settings, schedule=schedule))
-        results[schedule].store = cached.stats()
+        results[order] = synthesize_round(cached, questions, SynthesisConfig(**settings, order=order))
+        results[order].store = cached.stats()
         cached.store.close()
     assert results["pipeline"].store["misses"] >= 12 and results["pipeline"].store["hits"] == 0
     assert results["stage"].store["misses"] == 0

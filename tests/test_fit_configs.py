@@ -56,7 +56,7 @@ def test_config_parses_against_live_classes(path):
         # the round bookkeeping and the run directory are said once and linked everywhere
         assert cfg.trainer.max_epochs == cfg.data.rounds * cfg.data.epochs_per_round
         assert cfg.trainer.reload_dataloaders_every_n_epochs == 1  # the DataModule maps epochs to rounds
-        assert cfg.generation.model == cfg.model.model
+        assert cfg.generation.model == cfg.model.base_model
         for section in ("generation", "evaluation", "export"):
             assert cfg[section].run_dir == cfg.data.run_dir
         assert cfg.checkpoint.dirpath == f"{cfg.data.run_dir}/checkpoints"

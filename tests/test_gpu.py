@@ -213,7 +213,7 @@ def test_loop_on_one_gpu_with_the_transformers_engine(mode, tmp_path):
     run_dir = tmp_path / mode
     command = [sys.executable, "-m", "regenesis_pl.cli", "fit", "--config", str(ROOT / "configs" / "base_cpu.yaml"),
                "--config", str(ROOT / "configs" / "gt_cpu.yaml"),
-               f"--data.run_dir={run_dir}", f"--model.model={model}", f"--model.mode={mode}",
+               f"--data.run_dir={run_dir}", f"--model.base_model={model}", f"--model.mode={mode}",
                "--data.train_task={name: arithmetic, split: train, limit: 32}",
                "--evaluation.in_domain=[{name: arithmetic, split: test, limit: 16}]", "--evaluation.ood=[]",
                "--evaluation.max_tokens=64", "--evaluation.write_report=false", "--trainer.accelerator=gpu",

@@ -95,7 +95,7 @@ def test_the_random_weight_model_runs_the_loop(tmp_path):
     run = tmp_path / "run"
     command = [sys.executable, "-m", "regenesis_pl.cli", "fit", "--config", str(ROOT / "configs" / "base_cpu.yaml"),
                "--config", str(ROOT / "configs" / "gt_cpu.yaml"),
-               f"--data.run_dir={run}", f"--model.model={tiny}", "--generation.engine.backend=transformers",
+               f"--data.run_dir={run}", f"--model.base_model={tiny}", "--generation.engine.backend=transformers",
                "--data.train_task={name: arithmetic, split: train, limit: 8}",
                "--evaluation.in_domain=[{name: arithmetic, split: test, limit: 6}]", "--evaluation.ood=[]",
                "--evaluation.max_tokens=32", "--evaluation.write_report=false", "--trainer.enable_progress_bar=false"]

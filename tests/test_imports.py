@@ -16,15 +16,15 @@ PACKAGE = Path(__file__).resolve().parents[1] / "regenesis_pl"
 # Lower layers never import higher ones. Within a layer, the graph must still be acyclic.
 LAYERS = [
     # 0: foundations: files, names, hashes, round arithmetic, sharding, the embedded model's source, the console
-    {"paths", "hashing", "atomic", "layout", "run_lock", "rounds", "sharding", "embedded_model", "model_source", "console"},
+    {"paths", "hashing", "atomic", "layout", "run_lock", "round_schedule", "sharding", "embedded_model", "model_source", "console"},
     # 1: tasks, prompts, engines and the method (pure functions over typed records)
     {"tasks", "chat", "engines", "method"},
-    # 2: data and model
-    {"data", "model", "evaluation", "report", "study"},
+    # 2: a round's data (synthesis, store), the DataModule's tokenization, the model, evaluation and reports
+    {"round", "data", "model", "evaluation", "report", "study"},
     # 3: Lightning callbacks and the command functions
     {"callbacks", "commands"},
     # 4: entry points
-    {"lightning_cli", "cli", "config_reference", "__init__"},
+    {"lightning_cli", "cli", "config_reference", "config_renames", "__init__"},
 ]
 
 

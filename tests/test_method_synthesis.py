@@ -158,10 +158,10 @@ def test_majority_vote_round_needs_no_gold():
     assert result.stats["majority_kept_matching_gold"] is None  # no gold answers to compare with
 
 
-@pytest.mark.parametrize("schedule, calls", [("stage", 2), ("pipeline", 1)])
-def test_stats_are_consistent_and_json(schedule, calls):
+@pytest.mark.parametrize("order, calls", [("stage", 2), ("pipeline", 1)])
+def test_stats_are_consistent_and_json(order, calls):
     """Stage-major: a call per stage and pass; pipelined: one stream for both passes."""
-    _, result = run(small(hint_stages=["adapt", "structure"], schedule=schedule))
+    _, result = run(small(hint_stages=["adapt", "structure"], order=order))
     s = json.loads(json.dumps(result.stats))
     assert s["kept"] == len(result.kept) == sum(c.kept for c in result.candidates)
     assert s["candidates"] == len(result.candidates) == sum(s["verdicts"].values())
@@ -228,7 +228,7 @@ def test_bad_round_input(kwargs, questions, message):
 @pytest.mark.parametrize("kwargs, message", [
     ({"method": "dpo"}, "choose one of"),
     ({"candidate_set": "all"}, "choose one of"),
-    ({"schedule": "async"}, "synthesis.schedule=.async.: choose one of"),
+    ({"order": "async"}, "synthesis.order=.async.: choose one of"),
     ({"hint_stages": ["answer"]}, "unknown stage"),
     ({"method": "lmsi", "use_gold": True}, "majority vote"),
     ({"method": "star", "use_gold": False}, "needs gold"),
@@ -250,7 +250,7 @@ def test_generating_methods_need_an_engine_and_valid_guideline_count():
 def _comparable(result):
     """Everything a round produced, except how many engine calls or streams it took."""
     stats = {**result.stats, "tokens": {k: v for k, v in result.stats["tokens"].items() if k != "engine_calls"}}
-    stats["config"] = {k: v for k, v in stats["config"].items() if k != "schedule"}
+    stats["config"] = {k: v for k, v in stats["config"].items() if k != "order"}
     return [c.to_dict() for c in result.candidates], stats, result.hint_questions, result.skipped
 
 
@@ -269,10 +269,10 @@ def test_pipelined_rounds_equal_stage_major_ones_whatever_the_finishing_order(co
             return "yes" if int(re.findall(r"boxed\{(\d+)", conv[-1]["content"])[-1]) % 2 == 0 else "no"
         return toy_respond(stage, conv, seed, i)
 
-    _, staged = run(small(**config, schedule="stage"), questions=make_questions(6), respond=respond)
+    _, staged = run(small(**config, order="stage"), questions=make_questions(6), respond=respond)
     for order_seed in (0, 1):
         engine = ShuffledStream(respond, order_seed)
-        result = synthesize_round(engine, make_questions(6), small(**config, schedule="pipeline"), round=0)
+        result = synthesize_round(engine, make_questions(6), small(**config, order="pipeline"), round=0)
         assert not engine.calls, "a streaming engine is never called stage by stage"
         assert _comparable(result) == _comparable(staged)
     assert staged.kept

@@ -12,11 +12,11 @@ from method_fakes import ScriptedEngine, make_questions
 from test_method_synthesis import small, toy_respond
 from test_store import _tokenizer
 
-from regenesis_pl.data.round_files import synthesize_to_store
 from regenesis_pl.engines.base import Completion, RequestOutput
 from regenesis_pl.evaluation import evaluate_questions
 from regenesis_pl.layout import RunLayout
 from regenesis_pl.method.synthesis import merge_shards, synthesize_round
+from regenesis_pl.round.synthesize import synthesize_to_store
 from regenesis_pl.sharding import Shard, ShardedJob, process_shard, wait_for_files
 
 

@@ -12,11 +12,11 @@ import json
 import pytest
 
 from regenesis_pl.atomic import write_jsonl
-from regenesis_pl.data.cached_engine import CachedEngine
-from regenesis_pl.data.sft_records import load_sft_records, sft_records
-from regenesis_pl.data.store import GenerationStore, prepare_store_dir, request_key
 from regenesis_pl.engines.base import Completion, Engine, RequestOutput, SamplingConfig
 from regenesis_pl.method.records import Candidate
+from regenesis_pl.round.cached_engine import CachedEngine
+from regenesis_pl.round.sft_records import load_sft_records, sft_records
+from regenesis_pl.round.store import GenerationStore, prepare_store_dir, request_key
 from regenesis_pl.tasks.types import AnswerType, Question
 
 

@@ -21,7 +21,7 @@ from regenesis_pl.study.results import RunResult, training_tokens
 from regenesis_pl.study.runner import finished
 from regenesis_pl.study.stats import accuracy_intervals, paired_differences
 
-FIT = {"model": {"model": "embedded", "lr": 1e-3},
+FIT = {"model": {"base_model": "embedded", "lr": 1e-3},
        "data": {"train_task": {"name": "arithmetic", "limit": 8}, "synthesis": {"temperature": 0.8}},
        "evaluation": {"in_domain": [{"name": "arithmetic", "split": "test"}], "ood": [{"name": "strategyqa"}]}}
 

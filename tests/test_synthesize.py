@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 
 from regenesis_pl.commands.synthesize import run_synthesis
-from regenesis_pl.data.round_files import EmptyRoundError, summary_markdown, synthesize_to_store
-from regenesis_pl.data.sft_records import load_candidates, load_sft_records
-from regenesis_pl.data.store import GenerationStore
 from regenesis_pl.engines.factory import EngineConfig
 from regenesis_pl.layout import RunLayout
 from regenesis_pl.method.synthesis import SynthesisConfig
+from regenesis_pl.round.sft_records import load_candidates, load_sft_records
+from regenesis_pl.round.store import GenerationStore
+from regenesis_pl.round.synthesize import EmptyRoundError, summary_markdown, synthesize_to_store
 from regenesis_pl.tasks.registry import TaskConfig, load_questions
 from regenesis_pl.tasks.types import AnswerType, Question
 

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 1500
 
 FIT = {
-    "model": {"model": "embedded", "mode": "lora", "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "lr": 1e-3,
+    "model": {"base_model": "embedded", "mode": "lora", "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "lr": 1e-3,
               "warmup_ratio": 0.0, "scheduler": "constant"},
     "data": {"train_task": {"name": "arithmetic", "split": "train", "limit": 6},
              "synthesis": {"temperature": 0.8, "max_tokens": 96, "require_boxed": False, "max_path_tokens": None,

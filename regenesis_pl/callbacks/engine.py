@@ -38,7 +38,7 @@ class EngineCallback(Callback):
         engine: The engine settings (``EngineConfig``: backend, dtype, lengths, LoRA slots, memory, sleep mode,
             tensor parallel size).
         model: Base model the engines load; None = the LightningModule's ``model`` hyperparameter (the fit
-            CLI links it from ``model.model`` so it is written once).
+            CLI links it from ``model.base_model`` so it is written once).
         run_dir: Run directory: pushed adapters/weights and ``engine_timings.json`` go here.
         keep_full_weights: How many pushed full or merged weight folders to keep on disk (older ones are
             deleted once the engines loaded a newer one); adapters are small and always kept.
@@ -87,7 +87,7 @@ class EngineCallback(Callback):
     # ------------------------------------------------------------------------------ building
     def model_name(self, pl_module) -> str:
         """The base model the engine serves: this callback's ``model`` or the module's ``model`` hyperparameter."""
-        name = self.model or pl_module.hparams.get("model")
+        name = self.model or pl_module.hparams.get("base_model")
         if not name:
             raise ValueError("engine callback: no model to serve; set `model` on the EngineCallback or use a "
                              "LightningModule with a `model` hyperparameter")
@@ -119,11 +119,11 @@ class EngineCallback(Callback):
         """The dtype the engines serve in (the pushed weights are written in it: no fp32 copy for a bf16 engine)."""
         import torch
 
-        from regenesis_pl.engines.prompt_jobs import resolve_dtype
+        from regenesis_pl.engines.prompt_jobs import engine_dtype
 
         name = getattr(self.engine, "dtype", None)
         if not isinstance(name, str):
-            name = resolve_dtype(self.config.dtype, trainer.strategy.root_device.type == "cuda")
+            name = engine_dtype(self.config.dtype, trainer.strategy.root_device.type == "cuda")
         return getattr(torch, name)
 
     # ------------------------------------------------------------------------------ serving

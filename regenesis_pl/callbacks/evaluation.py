@@ -23,9 +23,9 @@ from lightning.pytorch import Callback
 from regenesis_pl.atomic import write_json, write_jsonl
 from regenesis_pl.callbacks.engine import EngineCallback
 from regenesis_pl.data.datamodule import ReGenesisDataModule
-from regenesis_pl.data.round_files import served_by
 from regenesis_pl.hashing import digest
 from regenesis_pl.layout import RunLayout, round_name
+from regenesis_pl.round.synthesize import served_by
 from regenesis_pl.sharding import DEFAULT_WAIT_MINUTES, ShardedJob
 from regenesis_pl.tasks.registry import TaskConfig
 
@@ -133,9 +133,9 @@ class EvaluationCallback(Callback):
     def evaluate(self, trainer, pl_module, name: str, round_k: int, kind: str) -> dict[str, Any] | None:
         """Evaluate the current weights on every rank; rank 0 writes ``eval/<name>.json``, logs and returns the
         summary (other ranks return None once every share is written)."""
-        from regenesis_pl.data.cached_engine import through_store
-        from regenesis_pl.data.store import prepare_store_dir
         from regenesis_pl.evaluation import evaluate_questions
+        from regenesis_pl.round.cached_engine import through_store
+        from regenesis_pl.round.store import prepare_store_dir
 
         questions = self.questions()
         shard = self.engines.shard(trainer)

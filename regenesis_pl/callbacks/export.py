@@ -94,7 +94,7 @@ class ExportCallback(Callback):
         hparams = dict(pl_module.hparams)
         meta: dict[str, Any] = {
             "round": k, "step": trainer.global_step, "epoch": trainer.current_epoch,
-            "mode": pl_module.mode, "base_model": str(hparams.get("model")),
+            "mode": pl_module.mode, "base_model": str(hparams.get("base_model")),
             "trainable_fingerprint": trainable_fingerprint,
             "trainable_params": sum(p.numel() for p in pl_module.parameters() if p.requires_grad),
         }

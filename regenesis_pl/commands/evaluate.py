@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import time
 
-from regenesis_pl.data.cached_engine import through_store
-from regenesis_pl.data.store import prepare_store_dir
 from regenesis_pl.engines.factory import EngineConfig, build_engine
 from regenesis_pl.evaluation import EvalResult, evaluate_questions, write_eval_report
 from regenesis_pl.hashing import digest
 from regenesis_pl.layout import RunLayout
+from regenesis_pl.round.cached_engine import through_store
+from regenesis_pl.round.store import prepare_store_dir
 from regenesis_pl.run_lock import claimed
 from regenesis_pl.sharding import ShardedJob, local_device, process_shard
 from regenesis_pl.tasks.registry import TaskConfig, load_questions

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from regenesis_pl.data.round_files import summary_markdown, synthesize_to_store
 from regenesis_pl.engines.factory import EngineConfig, build_engine
 from regenesis_pl.method.synthesis import SynthesisConfig
+from regenesis_pl.round.synthesize import summary_markdown, synthesize_to_store
 from regenesis_pl.run_lock import claimed
 from regenesis_pl.sharding import local_device, process_shard
 from regenesis_pl.tasks.registry import TaskConfig, load_questions

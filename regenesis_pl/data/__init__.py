@@ -1,1 +1,1 @@
-"""Synthesis store, SFT tokenization, the LightningDataModule."""
+"""SFT tokenization and the LightningDataModule."""

@@ -1,6 +1,6 @@
 """The LightningDataModule of the self-improvement loop: the settings of each round's data, and its batches.
 
-Rounds map onto epochs (``regenesis_pl.rounds``): the Trainer runs ``rounds * epochs_per_round`` epochs and
+Rounds map onto epochs (``regenesis_pl.round_schedule``): the Trainer runs ``rounds * epochs_per_round`` epochs and
 asks for its dataloaders every epoch (``reload_dataloaders_every_n_epochs=1``); ``train_dataloader()`` serves
 round ``k = current_epoch // epochs_per_round``. (Reloading only every ``epochs_per_round`` epochs would drift
 after a resume inside a round: Lightning counts that interval from the last reload, which a checkpoint does
@@ -28,7 +28,7 @@ from regenesis_pl.data.sft import (
 )
 from regenesis_pl.hashing import config_differences, config_hash, plain
 from regenesis_pl.method.synthesis import SynthesisConfig
-from regenesis_pl.rounds import RoundSchedule
+from regenesis_pl.round_schedule import RoundSchedule
 from regenesis_pl.tasks.registry import TaskConfig
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class ReGenesisDataModule(LightningDataModule):
         num_workers: DataLoader worker processes (0 = load in the training process).
         run_dir: Run directory (``regenesis_pl.layout``); round k's synthesis lives in ``<run_dir>/round-<k>/``.
         flush_every: At most this many generation requests per engine call of an evaluation or of a stage-major
-            round (``synthesis.schedule: stage``); None (default): one call. A pipelined round streams its
+            round (``synthesis.order: stage``); None (default): one call. A pipelined round streams its
             requests. Each completion is stored the moment it finishes either way.
         seed: Seed of the batch order and of the held-out split.
     """

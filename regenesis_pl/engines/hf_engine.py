@@ -20,10 +20,10 @@ from regenesis_pl.engines.prompt_jobs import (
     Job,
     OutputCollector,
     cut_at_stop,
-    encode_conversations,
+    encode_prompts,
+    engine_dtype,
     load_chat_tokenizer,
     make_jobs,
-    resolve_dtype,
 )
 
 
@@ -70,7 +70,7 @@ class TransformersEngine:
         start = time.perf_counter()
         self.timings: dict[str, list[float]] = defaultdict(list)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.dtype = resolve_dtype(config.dtype, self.device.type == "cuda")
+        self.dtype = engine_dtype(config.dtype, self.device.type == "cuda")
         self.max_model_len = config.max_model_len
         self.batch_size = config.batch_size
         self.trust_remote_code = config.trust_remote_code
@@ -118,7 +118,7 @@ class TransformersEngine:
 
         if self._asleep:
             raise RuntimeError("transformers engine is asleep; call wake() before generate()")
-        prompt_ids = encode_conversations(self._tokenizer, conversations, self.max_model_len)
+        prompt_ids = encode_prompts(self._tokenizer, conversations, self.max_model_len)
         jobs = make_jobs(prompt_ids, sampling, request_seeds)
         order = sorted(range(len(jobs)), key=lambda k: len(jobs[k].prompt_ids))
         collector = OutputCollector(prompt_ids, sampling.n)

@@ -45,7 +45,7 @@ def load_chat_tokenizer(model: str, trust_remote_code: bool = False):
     return tokenizer
 
 
-def encode_conversations(tokenizer, conversations: Sequence[Conversation], max_model_len: int,
+def encode_prompts(tokenizer, conversations: Sequence[Conversation], max_model_len: int,
                          first: int = 0) -> list[list[int]]:
     """Prompt token ids of each conversation: ``render_prompt`` text, tokenized without extra special tokens
     (the chat template already writes them). Errors name a request by its number, counted from ``first``."""
@@ -100,7 +100,7 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
-def resolve_dtype(dtype: str, cuda: bool) -> str:
+def engine_dtype(dtype: str, cuda: bool) -> str:
     """"auto" -> float32 on CPU (no fast bf16 there), bfloat16 on CUDA; explicit names are checked."""
     name = dtype.strip().lower()
     if name == "auto":

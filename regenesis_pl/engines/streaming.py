@@ -6,7 +6,7 @@ and returns new requests, which join the same stream. An engine that can take re
 nothing waits for the slowest request of a stage. Any other engine (the transformers engine, the scripted
 engines of the unit tests) runs in waves: one ``generate`` call per (sampling, label) group of what is
 pending, then the follow-ups of the wave. Each request carries its own seed, so a stream generates the same
-requests as a stage-by-stage run; only the schedule differs.
+requests as a stage-by-stage run; only the order differs.
 """
 
 from __future__ import annotations

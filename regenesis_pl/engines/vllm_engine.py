@@ -35,10 +35,10 @@ from regenesis_pl.engines.fingerprint import weights_fingerprint
 from regenesis_pl.engines.prompt_jobs import (
     Job,
     OutputCollector,
-    encode_conversations,
+    encode_prompts,
+    engine_dtype,
     load_chat_tokenizer,
     make_jobs,
-    resolve_dtype,
 )
 from regenesis_pl.engines.streaming import collect
 from regenesis_pl.engines.vllm_start import (
@@ -112,7 +112,7 @@ class VLLMEngine:
         self.max_lora_rank = config.max_lora_rank
         self.sleep_enabled = config.enable_sleep_mode and not self.on_cpu
         self._tokenizer = load_chat_tokenizer(model, config.trust_remote_code)
-        self.dtype = resolve_dtype(config.dtype, not self.on_cpu)
+        self.dtype = engine_dtype(config.dtype, not self.on_cpu)
         kwargs = {"model": model, "tokenizer": model, "dtype": self.dtype,
                   "max_model_len": config.max_model_len, "seed": config.seed, "enable_prefix_caching": True,
                   "trust_remote_code": config.trust_remote_code, "worker_extension_cls": WORKER_EXTENSION,
@@ -229,7 +229,7 @@ class VLLMEngine:
 
         def submit(batch: Sequence[Request]) -> None:
             first = len(collector.outputs)
-            prompt_ids = encode_conversations(self._tokenizer, [r.conversation for r in batch], self.max_model_len,
+            prompt_ids = encode_prompts(self._tokenizer, [r.conversation for r in batch], self.max_model_len,
                                               first=first)
             collector.extend(prompt_ids, [r.sampling.n for r in batch])
             jobs = [job for k, (r, ids) in enumerate(zip(batch, prompt_ids))

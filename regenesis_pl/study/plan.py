@@ -137,7 +137,7 @@ def base_evaluation(fit: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
         raise ValueError("study.fit.evaluation.in_domain: give at least one task (and ood tasks); every arm is "
                          "scored on them")
     evaluation = fit.get("evaluation") or {}
-    options = {"tasks": groups["in_domain"] + groups["ood"], "model": (fit.get("model") or {}).get("model", "embedded"), "run_dir": str(run_dir)}
+    options = {"tasks": groups["in_domain"] + groups["ood"], "model": (fit.get("model") or {}).get("base_model", "embedded"), "run_dir": str(run_dir)}
     if "max_tokens" in evaluation:
         options["max_tokens"] = evaluation["max_tokens"]
     engine = (fit.get("generation") or {}).get("engine")

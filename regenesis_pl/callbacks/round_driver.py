@@ -5,7 +5,7 @@ A round, in order (every rank runs every step; see README "Architecture"):
 1. start (the DataModule asks for round k's records when the Trainer reloads its dataloader):
    read the round back when this configuration already completed it, otherwise push the current weights
    into every rank's engine and synthesize: each rank its shard of the questions, rank 0 merges by question
-   id (``data.round_files.synthesize_to_store``); with ``restart_from_base`` the module then returns to the
+   id (``round.synthesize.synthesize_to_store``); with ``restart_from_base`` the module then returns to the
    base weights (rounds after the first);
 2. training epochs over the round's records (Lightning);
 3. end (the round's last epoch ends): evaluate the trained weights (``EvaluationCallback.evaluate_round``:
@@ -29,10 +29,10 @@ from regenesis_pl.callbacks.engine import EngineCallback
 from regenesis_pl.callbacks.evaluation import EvaluationCallback
 from regenesis_pl.callbacks.export import ExportCallback
 from regenesis_pl.data.datamodule import ReGenesisDataModule
-from regenesis_pl.data.round_files import EmptyRoundError, served_by, synthesize_to_store
-from regenesis_pl.data.sft_records import load_sft_records
 from regenesis_pl.hashing import config_hash
 from regenesis_pl.layout import RunLayout
+from regenesis_pl.round.sft_records import load_sft_records
+from regenesis_pl.round.synthesize import EmptyRoundError, served_by, synthesize_to_store
 from regenesis_pl.sharding import DEFAULT_WAIT_MINUTES, mark_failed
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class RoundDriver(Callback):
     def __init__(self, shard_timeout_minutes: float = DEFAULT_WAIT_MINUTES) -> None:
         super().__init__()
         if shard_timeout_minutes <= 0:
-            raise ValueError(f"rounds.shard_timeout_minutes={shard_timeout_minutes} must be > 0")
+            raise ValueError(f"round_driver.shard_timeout_minutes={shard_timeout_minutes} must be > 0")
         self.shard_timeout_minutes = shard_timeout_minutes
         self.engines: EngineCallback | None = None
         self.data: ReGenesisDataModule | None = None

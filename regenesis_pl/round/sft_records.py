@@ -68,7 +68,7 @@ def load_sft_records(path: str | os.PathLike) -> list[dict[str, Any]]:
         missing = [k for k in SFT_FIELDS if k not in rec]
         if missing:
             raise ValueError(f"SFT records {path}:{number}: missing fields {missing}; "
-                             "expected records from regenesis_pl.data.sft_records")
+                             "expected records from regenesis_pl.round.sft_records")
         messages = rec["messages"]
         if not messages or messages[-1].get("role") != "assistant":
             raise ValueError(f"SFT records {path}:{number}: messages must end with an assistant turn")

@@ -16,10 +16,10 @@ from contextlib import contextmanager
 from typing import Any
 
 from regenesis_pl.chat import render_prompt
-from regenesis_pl.data.store import GenerationStore, request_key
 from regenesis_pl.engines.base import Conversation, Engine, FollowUp, Request, RequestOutput, SamplingConfig
 from regenesis_pl.engines.streaming import collect, stream
 from regenesis_pl.hashing import resolve_request_seeds
+from regenesis_pl.round.store import GenerationStore, request_key
 
 
 @contextmanager

@@ -21,9 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from regenesis_pl.atomic import read_json, write_json, write_jsonl, write_text
-from regenesis_pl.data.cached_engine import through_store
-from regenesis_pl.data.sft_records import load_candidates, sft_records
-from regenesis_pl.data.store import prepare_store_dir
 from regenesis_pl.engines.base import Engine
 from regenesis_pl.hashing import digest
 from regenesis_pl.layout import RunLayout
@@ -37,13 +34,16 @@ from regenesis_pl.method.synthesis import (
     merge_shards,
     synthesize_round,
 )
+from regenesis_pl.round.cached_engine import through_store
+from regenesis_pl.round.sft_records import load_candidates, sft_records
+from regenesis_pl.round.store import prepare_store_dir
 from regenesis_pl.sharding import DEFAULT_WAIT_MINUTES, Shard, ShardedJob
 from regenesis_pl.tasks.types import Question
 
 # SynthesisConfig fields that never change what is generated: which generated paths are kept, and how the
-# requests are grouped and scheduled.
+# requests are grouped and ordered.
 NOT_GENERATION = ("require_boxed", "use_gold", "min_agreement", "judge", "max_path_tokens", "max_paths_per_question",
-                  "dedup_threshold", "chunk_size", "schedule")
+                  "dedup_threshold", "chunk_size", "order")
 
 
 class EmptyRoundError(RuntimeError):
