@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from regenesis_pl.hashing import has_dotted_key
+
 # old fit key -> (new key, why it moved)
 FIT_RENAMES = {
     "model.model": ("model.base_model", "the key names the base model the fit starts from and the engines serve"),
@@ -29,18 +31,10 @@ def _renames(command: str) -> dict[str, tuple[str, str]]:
             if old.startswith(drop)}
 
 
-def _has(raw: Any, dotted: str) -> bool:
-    for part in dotted.split("."):
-        if not isinstance(raw, dict) or part not in raw:
-            return False
-        raw = raw[part]
-    return True
-
-
 def renamed_key_in_config(raw: Any, command: str = "fit") -> str | None:
     """One line for the first renamed key a parsed config (a dict) still uses, or None."""
     for old, (new, why) in _renames(command).items():
-        if _has(raw, old):
+        if has_dotted_key(raw, old):
             return f"{old} is now {new} ({why}); rename it"
     return None
 

@@ -35,6 +35,15 @@ def config_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [prefix.rstrip(".")]
 
 
+def has_dotted_key(config: Any, dotted: str) -> bool:
+    """Whether a nested dict holds ``dotted`` (``"data.synthesis.order"``), as ``config_differences`` names keys."""
+    for part in dotted.split("."):
+        if not isinstance(config, dict) or part not in config:
+            return False
+        config = config[part]
+    return True
+
+
 def stable_seed(*parts: object) -> int:
     """A 31-bit seed from the string forms of ``parts`` (e.g. base seed, round, stage, question id, ...)."""
     raw = hashlib.sha256("\x1f".join(str(p) for p in parts).encode("utf-8")).digest()

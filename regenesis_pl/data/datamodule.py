@@ -26,7 +26,7 @@ from regenesis_pl.data.sft import (
     encode_conversations,
     split_train_val,
 )
-from regenesis_pl.hashing import config_differences, config_hash, plain
+from regenesis_pl.hashing import config_differences, config_hash, has_dotted_key, plain
 from regenesis_pl.method.synthesis import SynthesisConfig
 from regenesis_pl.round_schedule import RoundSchedule
 from regenesis_pl.tasks.registry import TaskConfig
@@ -140,7 +140,7 @@ class ReGenesisDataModule(LightningDataModule):
         if not old:
             return ["unknown settings (no configuration saved beside the hash)"]
         changed = config_differences(old, current)
-        added = [key for key in changed if _lookup(old, key) is _MISSING]
+        added = [key for key in changed if not has_dotted_key(old, key)]
         if not changed or len(added) < len(changed):
             return [key for key in changed if key not in added] or ["unknown settings"]
         log.warning("%s predates the settings %s (a newer regenesis_pl); using their current values", what,
@@ -231,14 +231,3 @@ class ReGenesisDataModule(LightningDataModule):
         """Same held-out records as ``val_dataloader`` (``regenesis test`` reports their loss beside the task
         accuracy that ``EvaluationCallback`` measures)."""
         return self.val_dataloader()
-
-
-_MISSING = object()
-
-
-def _lookup(config: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        if not isinstance(config, dict) or part not in config:
-            return _MISSING
-        config = config[part]
-    return config
