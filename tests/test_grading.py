@@ -237,3 +237,101 @@ def test_extract_long_pathological_text():
         for question in QUESTIONS:
             answer = extract_answer(text, question)
             assert answer is None or answer in ("x", "E") or set(answer) == {"1"}  # option E is "x"
+
+
+# --- what a careful reader takes as the answer: the last one stated, no hedges, options named in words ----
+
+LATER_STATED_CASES = [  # a later stated answer overrides an earlier one, whatever form each takes
+    ("Answer: 12.\nWait, I double-counted. Recounting, the answer is 15.", numeric(), "15"),
+    ("\\boxed{12}\nOn reflection that was wrong; the final answer is 15.", numeric(), "15"),
+    ("Answer: 12\nChecking: 5 + 7 = 12, so \\boxed{12}.", numeric(), "12"),
+    ("#### 12\nHmm, let me redo it.\n#### 15", numeric(), "15"),
+    ("The answer is B.\nBut wet palms have less friction, so the answer is (A).", choice(), "A"),
+    ("Answer: no. Thinking again, frost is common then, so the answer is yes.", yes_no(), "yes"),
+    ("The answer is \\boxed{18}.", numeric(), "18"),
+]
+
+
+@pytest.mark.parametrize(("text", "question", "expected"), LATER_STATED_CASES)
+def test_the_last_stated_answer_wins(text, question, expected):
+    assert extract_answer(text, question) == expected
+
+
+HEDGE_CASES = [  # each names two values; it must grade as wrong for either as gold, yet count as parsed
+    ("The answer is B or C.", choice, ("B", "C")),
+    ("Answer: (A)/(D)", choice, ("A", "D")),
+    ("The answer is wet palms or dry palms.", choice, ("A", "B")),
+    ("\\boxed{B \\text{ or } C}", choice, ("B", "C")),
+    ("It is either B or C, I cannot tell.\nB or C?", choice, ("B", "C")),
+    ("\\boxed{yes or no}", yes_no, ("yes", "no")),
+    ("The answer is 12 or 15.", numeric, ("12", "15")),
+    ("Final answer: the second option or the fourth option", choice, ("B", "D")),
+]
+
+
+@pytest.mark.parametrize(("text", "make", "golds"), HEDGE_CASES)
+def test_a_hedge_between_two_answers_is_wrong_for_both(text, make, golds):
+    for gold in golds:
+        result = grade(text, make(gold))
+        assert result.parsed and result.correct is False, (text, gold, result)
+
+
+@pytest.mark.parametrize(("text", "question"), [  # "or" without a second answer is no hedge
+    ("The answer is 12 (or 12.0, the same).", numeric("12")),
+    ("The answer is 12 or more apples, so 12.", numeric("12")),
+    ("Final answer: yes. Rain or snow, frost comes.", yes_no("yes")),
+    ("The answer is (B): wet or oily palms slip, dry ones grip.", choice("B")),
+])
+def test_or_without_a_second_answer_is_not_a_hedge(text, question):
+    assert grade(text, question).correct is True
+
+
+OPTION_WORD_CASES = [
+    ("The second option is right.", "B"),
+    ("I pick choice 3.", "C"),
+    ("The answer is the fourth option.", "D"),
+    ("So the correct choice is option two.", "B"),
+    ("Answer: letter C", "C"),
+    ("It has to be the 1st choice.", "A"),
+    ("The answer is **C**", "C"),
+    ("**Answer:** **D**", "D"),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), OPTION_WORD_CASES)
+def test_options_named_in_words_and_emphasis(text, expected):
+    assert extract_answer(text, choice()) == expected
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("So the total is **15**.", "15"),
+    ("The answer is __15__", "15"),
+    ("2**3 = 8", "8"),  # a power, not emphasis
+    ("Total: 15 apples\n#### 15", "15"),
+    ("#### $1,500", "1500"),
+])
+def test_numbers_in_emphasis_and_after_hashes(text, expected):
+    assert extract_answer(text, numeric()) == expected
+
+
+NUMBERS = st.integers(min_value=-10_000, max_value=10_000)
+
+
+@settings(deadline=200, max_examples=200, database=None)
+@given(a=NUMBERS, b=NUMBERS, early=st.sampled_from(["Answer: {}.", "\\boxed{{{}}}", "#### {}", "The answer is {}."]),
+       late=st.sampled_from(["So the answer is {}.", "Final answer: \\boxed{{{}}}", "#### {}", "**Answer:** {}"]))
+def test_property_a_restated_answer_overrides_the_first(a, b, early, late):
+    text = early.format(a) + "\nLet me check that again, more carefully.\n" + late.format(b)
+    assert extract_answer(text, numeric()) == str(b)
+
+
+@settings(deadline=200, max_examples=200, database=None)
+@given(a=NUMBERS, b=NUMBERS, letters=st.permutations("ABCD"),
+       form=st.sampled_from(["The answer is {} or {}.", "\\boxed{{{} or {}}}", "Final answer: {}/{}"]))
+def test_property_hedges_are_wrong_for_either_value(a, b, letters, form):
+    x, y = letters[:2]
+    for gold in (x, y):
+        assert grade(form.format(f"({x})", f"({y})"), choice(gold)).correct is False
+    if a != b and "/" not in form:
+        for gold in (a, b):
+            assert grade(form.format(a, b), numeric(str(gold))).correct is False

@@ -127,7 +127,21 @@ def normalize_text(text: str) -> str:
 
 _ONLY_LETTER_RE = re.compile(r"\(?\s*([A-Za-z])\s*\)?[.:]?")
 _LEADING_LETTER_RE = re.compile(r"\(?([A-Z])[).:]\s")
-_MARKED_LETTER_RE = re.compile(r"\(([A-Z])\)|\b(?i:option|choice)\s*(?::\s*)?\(?([A-Za-z])\b")
+_MARKED_LETTER_RE = re.compile(r"\(([A-Z])\)|\b(?i:option|choice|letter)\s*(?::\s*)?\(?([A-Za-z])\b")
+# An option named by its place: "the second option", "the 3rd choice", "option two", "choice number 4".
+_ORDINALS = {"first": 0, "1st": 0, "second": 1, "2nd": 1, "third": 2, "3rd": 2, "fourth": 3, "4th": 3,
+             "fifth": 4, "5th": 4, "one": 0, "two": 1, "three": 2, "four": 3, "five": 4,
+             "1": 0, "2": 1, "3": 2, "4": 3, "5": 4}
+ORDINAL_OPTION_RE = re.compile(
+    r"\b(first|second|third|fourth|fifth|1st|2nd|3rd|4th|5th)\s+(?:option|choice|answer(?:\s+choice)?)\b"
+    r"|\b(?:option|choice)\s+(?:number\s+|no\.?\s*|#\s*)?(one|two|three|four|five|[1-5])\b",
+    re.IGNORECASE)
+
+
+def ordinal_letter(match: re.Match, letters: str) -> str | None:
+    """The letter of an option an ``ORDINAL_OPTION_RE`` match names by its place, or None past the last one."""
+    index = _ORDINALS[(match.group(1) or match.group(2)).lower()]
+    return letters[index] if index < len(letters) else None
 
 
 def choice_pattern(choice: str) -> re.Pattern | None:
@@ -156,7 +170,8 @@ def _choice_in(span: str, choices: tuple[str, ...], letters: str) -> str | None:
 
 
 def letter_in(span: str, choices: tuple[str, ...], letters: str) -> str | None:
-    """The option letter a short answer span names: "B", "(b)", "B) 270", "option B", or an option's text.
+    """The option letter a short answer span names: "B", "(b)", "B) 270", "option B", "the second option",
+    "choice 3", or an option's text.
 
     Returns None when the span names no option, or names more than one.
     """
@@ -170,6 +185,7 @@ def letter_in(span: str, choices: tuple[str, ...], letters: str) -> str | None:
     if m and m.group(1) in letters:
         return m.group(1)
     marked = {(a or b).upper() for a, b in _MARKED_LETTER_RE.findall(span)} & set(letters)
+    marked |= {ordinal_letter(m, letters) for m in ORDINAL_OPTION_RE.finditer(span)} - {None}
     if len(marked) == 1:
         return marked.pop()
     if marked:

@@ -1,14 +1,19 @@
 """Grading a model's text against a question: extract the final answer, normalize it, compare with gold.
 
-Extraction order (``extract_answer``):
+Extraction (``extract_answer``), as a careful reader takes the final answer:
 
-1. the last non-empty ``\\boxed{...}`` / ``\\fbox{...}`` (nested braces allowed; an unclosed box at the
-   end of a cut-off generation counts up to the end of its line);
-2. the last "the answer is ...", "final answer: ...", "answer = ..." phrase whose words hold a value
-   of the question's answer type;
-3. by answer type, anywhere in the text: the last number (numeric); the last option marker ("(B)",
-   "B)", "B.", "option B", a lone "B") or option text (multiple choice), ignoring a listing of the options
-   ("A. .. B. .. C. .."); the last yes/no/true/false word (yes/no). Free-text answers need step 1 or 2.
+1. the answer stated last, whichever form it takes: the last non-empty ``\\boxed{...}`` / ``\\fbox{...}``
+   (nested braces allowed; an unclosed box at the end of a cut-off generation counts up to the end of its
+   line), the last "the answer is ...", "final answer: ...", "answer = ..." phrase whose words hold a value of
+   the question's answer type, or a GSM8K-style "#### 18" line; a later one overrides an earlier one;
+2. without a stated answer, by answer type, anywhere in the text: the last number (numeric); the last option
+   marker ("(B)", "B)", "B.", "option B", "the second option", "choice 3", a lone "B") or option text (multiple
+   choice), ignoring a listing of the options ("A. .. B. .. C. .."); the last yes/no/true/false word (yes/no).
+   Free-text answers need a stated answer.
+
+Markdown emphasis around a value ("**B**", "__18__") is read through. A stated answer that hedges between two
+values ("B or C", "yes or no", "12 or 15") is returned as written and grades as wrong for either gold value
+(``hedged``).
 
 Comparison (``answers_match``): plain numbers compare as exact rationals (integers exactly, others with
 a relative tolerance of 1e-6); other numeric or free-text answers go through ``math_verify`` with its
@@ -24,6 +29,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from regenesis_pl.tasks.answers import (
+    ORDINAL_OPTION_RE,
     choice_pattern,
     clean_latex,
     first_number,
@@ -31,6 +37,7 @@ from regenesis_pl.tasks.answers import (
     last_number,
     letter_in,
     normalize_text,
+    ordinal_letter,
     parse_number,
     yes_no_in,
 )
@@ -45,7 +52,11 @@ _PHRASE_RE = re.compile(
     r"(?P<span>[^\n]{0,200})",
     re.IGNORECASE,
 )
+_HASHES_RE = re.compile(r"(?m)^[ \t]*####[ \t]*(?P<span>[^\n]{0,200})")  # GSM8K's "#### 18" answer line
 _SENTENCE_END_RE = re.compile(r"\.(?=\s|$)")
+# Markdown emphasis around a value ("**B**", "__18__"); not "2**3", a power.
+_EMPHASIS_RE = re.compile(r"(?<![\w*])(\*\*|__)(?=\S)([^\n]{1,200}?)(?<=\S)\1(?![\w*])")
+_OR_RE = re.compile(r"\b(?:and/or|or)\b|(?<=[A-Z)])\s*/\s*(?=\(?[A-Z]\b)", re.IGNORECASE)
 _LINE_LETTER_RE = re.compile(r"(?m)^[ \t>*#-]*\(?([A-Z])[).:](?=\s)")
 _MARKED_RE = re.compile(r"\(([A-Z])\)|(?i:answer)\s*(?:is\b\s*)?(?::\s*)?\(?([A-Z])\b")
 _NAMED_RE = re.compile(r"\b(?:option|choice)\s*(?::\s*)?\(?([A-Za-z])\b", re.IGNORECASE)
@@ -96,8 +107,31 @@ def _last_box(text: str) -> str | None:
     return None
 
 
+def hedged(span: str, question: Question) -> bool:
+    """Whether a stated answer names two different values of its type joined by "or" ("B or C", "(A)/(D)",
+    "yes or no", "12 or 15", "wet palms or dry palms"): a hedge is wrong whichever value is gold."""
+    if question.answer_type is AnswerType.FREE_TEXT or len(span) > 400 or not _OR_RE.search(span):
+        return False
+    kind = question.answer_type
+    values = set()
+    for part in _OR_RE.split(span):
+        if kind is AnswerType.NUMERIC:
+            number = first_number(part)
+            value = parse_number(number) if number is not None else None
+        elif kind is AnswerType.MULTIPLE_CHOICE:
+            value = letter_in(part.strip(" ,;:.()?!"), question.choices, question.letters)
+        else:
+            value = yes_no_in(part)
+        if value is not None:
+            values.add(value)
+    return len(values) > 1
+
+
 def _typed_value(span: str, question: Question) -> str | None:
-    """The answer a short span gives, in the question's answer type, or None."""
+    """The answer a short span gives, in the question's answer type, or None. A hedge between two values
+    is returned as written: it grades as wrong, not as unparsed."""
+    if hedged(span, question):
+        return span.strip().strip(".").strip()
     kind = question.answer_type
     if kind is AnswerType.NUMERIC:
         return first_number(span)
@@ -151,6 +185,10 @@ def _last_choice(text: str, question: Question) -> str | None:
             letter = m.group(group).upper()
             if letter in letters:  # one marker per letter position, whichever pattern saw it
                 by_pos.setdefault(m.start(group), (m.end(), m.end() - m.start(), letter))
+    for m in ORDINAL_OPTION_RE.finditer(text):  # "the second option", "choice 3"
+        letter = ordinal_letter(m, question.letters)
+        if letter is not None:
+            by_pos.setdefault(m.start(), (m.end(), m.end() - m.start(), letter))
     cands, listings = _split_listings(text, sorted(by_pos.values()))
     for letter, choice in zip(question.letters, question.choices):
         pattern = choice_pattern(choice)
@@ -163,6 +201,42 @@ def _last_choice(text: str, question: Question) -> str | None:
         if last is not None:
             cands.append((last.end(), last.end() - last.start(), letter))
     return max(cands)[2] if cands else None
+
+
+def _overlapping(regex: re.Pattern, text: str) -> list[re.Match]:
+    """Every match of a phrase pattern, each searched from where the previous one's span began, so a phrase
+    inside another one's span ("Answer: no. ... so the answer is yes.") is found too."""
+    found, pos = [], 0
+    while (m := regex.search(text, pos)) is not None:
+        found.append(m)
+        pos = max(m.start("span"), m.start() + 1)
+    return found
+
+
+def _last_stated(text: str, question: Question) -> str | None:
+    """The answer stated last: a box, an "answer is ..." phrase or a "####" line, whichever comes last in the
+    text (a later restatement overrides an earlier one), or None when the text states none."""
+    found = []  # (position, value)
+    for m in reversed(list(_BOX_RE.finditer(text))):
+        box = _box_content(text, m.end())
+        if box.strip():
+            if hedged(box, question):
+                value = _raw_box(box)
+            elif question.answer_type is AnswerType.NUMERIC:
+                value = _numeric_box(box) or _raw_box(box)
+            else:
+                value = _typed_value(box, question) or _raw_box(box)
+            found.append((m.start(), value))
+            break
+    for regex in (_PHRASE_RE, _HASHES_RE):
+        for m in reversed(_overlapping(regex, text)):
+            span = m.group("span")
+            cut = _SENTENCE_END_RE.search(span)
+            value = _typed_value(span[:cut.start()] if cut else span, question)
+            if value is not None:
+                found.append((m.start(), value))
+                break
+    return max(found)[1] if found else None
 
 
 def extract_answer(text: str, question: Question) -> str | None:
@@ -179,17 +253,13 @@ def extract_answer(text: str, question: Question) -> str | None:
     """
     if not isinstance(text, str) or not text:
         return None
-    box = _last_box(text)
-    if box is not None:
-        if question.answer_type is AnswerType.NUMERIC:
-            return _numeric_box(box) or _raw_box(box)
-        return _typed_value(box, question) or _raw_box(box)
-    for m in reversed(list(_PHRASE_RE.finditer(text))):
-        span = m.group("span")
-        cut = _SENTENCE_END_RE.search(span)
-        value = _typed_value(span[:cut.start()] if cut else span, question)
-        if value is not None:
-            return value
+    text = _EMPHASIS_RE.sub(r"\2", text)
+    stated = _last_stated(text, question)
+    if stated is not None:
+        return stated
+    last_line = text.rstrip().rsplit("\n", 1)[-1]
+    if hedged(last_line, question):  # a closing "B or C?" with no stated answer: a hedge, not the last letter
+        return last_line.strip()
     kind = question.answer_type
     if kind is AnswerType.NUMERIC:
         return last_number(text)
@@ -259,7 +329,7 @@ def answers_match(predicted: str, gold: str, question: Question) -> bool:
     text) and no other option; an option whose text repeats the gold option's text counts as the gold. Yes/no: yes/true against no/false. Free text: normalized text equality,
     else math_verify.
     """
-    if predicted is None or gold is None:
+    if predicted is None or gold is None or hedged(predicted, question):
         return False
     kind = question.answer_type
     if kind is AnswerType.NUMERIC:

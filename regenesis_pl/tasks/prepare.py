@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 from typing import Literal
@@ -53,11 +54,13 @@ _BB_ROOT = "bigbench/benchmark_tasks/"
 EXTRACTED_MARKER = ".extracted"  # beside a task's task.json once it and all its subtasks are extracted
 
 
-def fetch_package(package: str, version: str, download_dir: str | os.PathLike | None = None) -> Path:
+def fetch_package(package: str, version: str, download_dir: str | os.PathLike | None = None,
+                  attempts: int = 3) -> Path:
     """The archive of ``package==version`` in the downloads folder, fetched with pip when missing.
 
-    Raises RuntimeError (one line) when pip fails; old pips (23.x) fetch the bigbench sdist, pip 24+
-    stops while preparing its metadata.
+    A failed download is tried again (``attempts`` in all, 10 s then 30 s apart: a package index can miss a
+    request now and then), then raises ``ConnectionError`` (an OSError: one line from the CLI). Old pips
+    (23.x) fetch the bigbench sdist; pip 24+ stops while preparing its metadata.
     """
     folder = downloads_dir(download_dir)
     stem = f"{package.replace('-', '_').lower()}-{version}"
@@ -66,16 +69,24 @@ def fetch_package(package: str, version: str, download_dir: str | os.PathLike | 
             return path
     folder.mkdir(parents=True, exist_ok=True)
     log.info("downloading %s==%s into %s", package, version, folder)
-    with tempfile.TemporaryDirectory(dir=folder, prefix=".pip-tmp-") as tmp:
-        env = {**os.environ, "TMPDIR": tmp}
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-               f"{package}=={version}", "-d", str(folder)]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
+    for attempt in range(1, attempts + 1):
+        with tempfile.TemporaryDirectory(dir=folder, prefix=".pip-tmp-") as tmp:
+            env = {**os.environ, "TMPDIR": tmp}
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+                   f"{package}=={version}", "-d", str(folder)]
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+        if proc.returncode == 0:
+            break
         last = (proc.stderr.strip() or proc.stdout.strip() or "no output").splitlines()[-1]
-        raise RuntimeError(f"`pip download --no-deps {package}=={version}` failed (exit {proc.returncode}): {last}; "
-                           "pip>=24 cannot fetch the bigbench sdist: `python -m pip install 'pip<24'` and retry, "
-                           f"or put the archive into {folder}")
+        if attempt < attempts:
+            wait = 10 * 3 ** (attempt - 1)
+            log.warning("pip download of %s==%s failed (%s); trying again in %d s", package, version, last, wait)
+            time.sleep(wait)
+    else:
+        raise ConnectionError(f"`pip download --no-deps {package}=={version}` failed {attempts} times (exit "
+                              f"{proc.returncode}): {last}; check the package index, or (pip>=24 cannot fetch the "
+                              f"bigbench sdist) `python -m pip install 'pip<24'` and retry, or put the archive into "
+                              f"{folder}")
     return fetch_package(package, version, folder)
 
 
