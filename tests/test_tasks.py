@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -369,6 +370,46 @@ def test_a_task_extracted_by_a_killed_pass_is_extracted_again(tmp_path):
     assert not (out / "parent" / "sub" / "task.json").exists()
 
 
+def _repack_shipped_bigbench(path: Path) -> None:
+    """The checkout's copy of the BIG-bench task files as a tar.gz laid out as the 1.0.0 sdist."""
+    import io
+
+    from regenesis_pl.tasks.prepare import SHIPPED_BIGBENCH
+
+    with tarfile.open(path, "w:gz") as tar:
+        for packed in sorted(SHIPPED_BIGBENCH.rglob("task.json.gz")):
+            data = gzip.decompress(packed.read_bytes())
+            task = packed.parent.relative_to(SHIPPED_BIGBENCH)
+            member = tarfile.TarInfo(f"bigbench-1.0.0/bigbench/benchmark_tasks/{task}/task.json")
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+
+
+def test_the_shipped_bigbench_copy_is_checked_and_only_covers_its_tasks(tmp_path):
+    """The fallback for an index that does not serve the sdist: the four files come out byte for byte as their
+    sha256 says; a task it lacks leaves it unused; a changed file is refused in one line."""
+    import hashlib
+    import shutil
+
+    from regenesis_pl.tasks.prepare import SHIPPED_BIGBENCH, _from_shipped_copy
+
+    sums = dict(reversed(line.split()) for line in (SHIPPED_BIGBENCH / "SHA256SUMS").read_text().splitlines())
+    tasks = [name[: -len("/task.json")] for name in sums]
+    assert sorted(tasks) == sorted(["strategyqa", "arithmetic/2_digit_addition", "object_counting",
+                                    "elementary_math_qa/question_only"])
+    assert _from_shipped_copy(tasks, tmp_path / "out")
+    for task in tasks:
+        data = (tmp_path / "out" / task / "task.json").read_bytes()
+        assert hashlib.sha256(data).hexdigest() == sums[f"{task}/task.json"] and b"canary GUID" in data
+    assert not _from_shipped_copy(["strategyqa", "navigate"], tmp_path / "none")
+    assert not (tmp_path / "none").exists()
+    copy = tmp_path / "copy"
+    shutil.copytree(SHIPPED_BIGBENCH, copy)
+    (copy / "object_counting" / "task.json.gz").write_bytes(gzip.compress(b"{}"))
+    with pytest.raises(ValueError, match="does not match SHA256SUMS"):
+        _from_shipped_copy(["object_counting"], tmp_path / "bad", shipped=copy)
+
+
 @pytest.mark.slow
 def test_prepare_data_killed_mid_extraction_then_rerun(tmp_path):
     """`regenesis prepare data` SIGKILLed while it scans the BIG-bench archive (one task extracted, the other
@@ -378,10 +419,13 @@ def test_prepare_data_killed_mid_extraction_then_rerun(tmp_path):
     from regenesis_pl.paths import downloads_dir
     from regenesis_pl.tasks.prepare import PACKAGES, fetch_package
 
-    archive = fetch_package(*PACKAGES["bigbench"])
     downloads = tmp_path / "downloads"
     downloads.mkdir()
-    (downloads / archive.name).symlink_to(archive)  # the archive is reused; the extraction starts from nothing
+    try:
+        archive = fetch_package(*PACKAGES["bigbench"])
+        (downloads / archive.name).symlink_to(archive)  # the archive is reused; the extraction starts from nothing
+    except ConnectionError:  # the index does not serve the sdist: the same files, packed in its layout
+        _repack_shipped_bigbench(downloads / "bigbench-1.0.0.tar.gz")
     data = tmp_path / "data"
     tasks = ["arithmetic/2_digit_addition", "object_counting"]  # near the start and near the end of the archive
     command = [sys.executable, "-m", "regenesis_pl.cli", "prepare", "data", "bigbench", "--tasks", *tasks,

