@@ -294,7 +294,15 @@ def _bigbench_archive(package: str, version: str, download_dir, missing: list[st
         return fetch_package(package, version, download_dir)
     except ConnectionError as err:
         if not _from_shipped_copy(missing, extracted):
-            raise
+            shipped = sorted(p.parent.relative_to(SHIPPED_BIGBENCH).as_posix()
+                             for p in SHIPPED_BIGBENCH.rglob("task.json.gz"))
+            other = next(t for t in missing if t not in shipped)
+            if not shipped:
+                raise
+            hints = difflib.get_close_matches(other, shipped, n=5)
+            raise ValueError(f"BIG-bench has no task {other!r} among the tasks this checkout ships, and "
+                             f"{package}=={version} could not be downloaded ({err.pip_says}); close names: {hints}; "
+                             f"shipped: {shipped}") from None
         log.warning("%s==%s could not be downloaded (%s); %s taken from the checkout's copy of their files "
                     "(third_party/%s, sha256 checked)", package, version, err.pip_says, ", ".join(missing),
                     SHIPPED_BIGBENCH.name)
