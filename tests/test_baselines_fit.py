@@ -97,6 +97,8 @@ def _check_baseline_run(method: str, run: Path, log: str) -> None:
     weights = load_file(str(Path(evaluation["adapter"]) / "adapter_model.safetensors"))
     lora_b = [t for name, t in weights.items() if "lora_B" in name]
     assert lora_b and any(float(t.abs().max()) > 0 for t in lora_b)
-    with open(next((run / "logs").glob("version_*/metrics.csv")), newline="") as fh:
-        tokens = [float(r["train/tokens"]) for r in csv.DictReader(fh) if r.get("train/tokens")]
+    tokens = []  # every logger version: a study's rerun reads the run back and logs a version with no training
+    for metrics in sorted((run / "logs").glob("version_*/metrics.csv")):
+        with open(metrics, newline="") as fh:
+            tokens += [float(r["train/tokens"]) for r in csv.DictReader(fh) if r.get("train/tokens")]
     assert tokens and tokens[0] > 0  # what the fit trained on, for the study's budget table
