@@ -130,17 +130,25 @@ def _run(cfg) -> int:
 
 def check_config_files(argv: list[str]) -> None:
     """Read every ``--config``/``-c`` file first, so a missing file or a YAML syntax error is one line that names
-    the file, the line and the column (the parsers would show their usage and an unnamed string)."""
+    the file, the line and the column (the parsers would show their usage and an unnamed string); an overlay given
+    without its base and (outside fit/validate/test, where ``lightning_cli`` checks them) a renamed key are one
+    line too."""
     import itertools
 
     import yaml
 
     paths = [value for flag, value in itertools.pairwise(argv) if flag in ("--config", "-c")]
     paths += [arg.split("=", 1)[1] for arg in argv if arg.startswith("--config=")]
-    for path in paths:
+    command = argv[0] if argv else ""
+    renames = command not in LIGHTNING_COMMANDS
+    message = renamed_key_in_options(argv, command) if renames else None
+    if message:
+        _bad_input(f"regenesis {command}: {message}")
+    for i, path in enumerate(paths):
         try:
             with open(path, encoding="utf-8") as fh:
-                yaml.safe_load(fh)
+                text = fh.read()
+            raw = yaml.safe_load(text)
         except FileNotFoundError:
             _bad_input(f"regenesis: config file {path} not found; check the path")
         except yaml.YAMLError as err:
@@ -148,30 +156,20 @@ def check_config_files(argv: list[str]) -> None:
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
             problem = getattr(err, "problem", None) or str(err).splitlines()[0]
             _bad_input(f"regenesis: {path}: YAML syntax error{where}: {problem}; fix the file")
-    command = argv[0] if argv else ""
-    message = renamed_key_in_options(argv, command)
-    if message:
-        _bad_input(f"regenesis {command}: {message}")
-    for path in paths:
-        with open(path, encoding="utf-8") as fh:
-            raw = yaml.safe_load(fh)
-        message = renamed_key_in_config(raw, command) if isinstance(raw, dict) else None
+        message = renamed_key_in_config(raw, command) if renames and isinstance(raw, dict) else None
         if message:
             _bad_input(f"regenesis: {path}: {message}")
-    for i, path in enumerate(paths):
-        needed = _configs_before(path)
+        needed = _configs_before(path, text.split("\n", 1)[0])
         given = [Path(p).name for p in paths[:i]]
         if needed and given[-len(needed):] != [Path(n).name for n in needed]:
             _bad_input(f"regenesis: {path} is an overlay (its first line says how it runs); give "
                        f"{' '.join('--config ' + n for n in needed)} before --config {path}")
 
 
-def _configs_before(path: str) -> list[str]:
+def _configs_before(path: str, first_line: str) -> list[str]:
     """The config files a YAML's first line (``# regenesis <command> --config A --config B ...``) names before
     the file itself: an overlay names its base there."""
-    with open(path, encoding="utf-8") as fh:
-        first = fh.readline()
-    named = re.findall(r"--config\s+(\S+)", first.split("(")[0]) if first.startswith("#") else []
+    named = re.findall(r"--config\s+(\S+)", first_line.split("(")[0]) if first_line.startswith("#") else []
     names = [Path(n).name for n in named]
     own = Path(path).name
     return named[:names.index(own)] if own in names else []

@@ -158,8 +158,8 @@ def _check_checkpoint_file(path) -> None:
 def _refuse_moved_keys(args) -> None:
     """One line for a config or an option written before a key was renamed (``config_renames.py``) or before
     the engine settings became one schema (``generation.engine``)."""
-    if args is None:
-        return
+    if args is None:  # the command line itself (run_fit_cli passes None then, as LightningCLI wants)
+        args = sys.argv[1:]
     if isinstance(args, dict):  # a whole configuration, as a study composes one: the caller names where
         message = renamed_key_in_config(args)
         if message:

@@ -1,4 +1,5 @@
-"""Kill a running command at a chosen point of its log: the shared tool of the kill-and-resume tests."""
+"""Kill a running command at a chosen point of its log: the shared tool of the kill-and-resume tests; and a
+process that holds a run directory, for the tests of a second job on it."""
 
 from __future__ import annotations
 
@@ -54,3 +55,17 @@ def kill_when(command: list[str], ready: Callable[[], bool], timeout_s: float = 
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
+
+
+HOLD_RUN_DIR = ("import sys, time\nfrom regenesis_pl.run_lock import claimed\n"
+                "with claimed(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(120)\n")
+
+
+def hold_run_dir(run_dir) -> subprocess.Popen:
+    """A separate process (another running job) that holds ``run_dir`` until it is killed; returns once it does."""
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_RUN_DIR, str(run_dir)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held", "the holding process did not take the run directory"
+    return proc
+

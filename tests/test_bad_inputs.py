@@ -86,13 +86,10 @@ def fit_with(edit: Callable[[dict], None], *extra: str) -> Callable[[Path], str]
 def held_by_another_job(action: Callable[[Path], str]) -> Callable[[Path], str]:
     """Run ``action`` while a separate process (another running job) holds ``{tmp}/run``."""
     def run(tmp: Path) -> str:
-        import subprocess
+        from kill_points import hold_run_dir
 
-        hold = ("import sys, time\nfrom regenesis_pl.run_lock import claimed\n"
-                "with claimed(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(120)\n")
-        holder = subprocess.Popen([sys.executable, "-c", hold, str(tmp / "run")], stdout=subprocess.PIPE, text=True)
+        holder = hold_run_dir(tmp / "run")
         try:
-            assert holder.stdout.readline().strip() == "held", "the holding process did not take the run directory"
             message = action(tmp)
         finally:
             holder.kill()

